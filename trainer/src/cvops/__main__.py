@@ -1,0 +1,5 @@
+import sys
+
+from cvops.cli import main
+
+sys.exit(main())
