@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# cvops MLflow server container entrypoint (also what tests/harness runs, so tests exercise the
+# same start-up path as the container).
+#
+#   entrypoint.sh serve     (default) validate config, then exec `mlflow server` under gunicorn
+#   entrypoint.sh migrate   create the auth database if missing, upgrade both schemas (idempotent)
+#
+# The environment contract is documented in docs/server.md.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$(readlink -f "$0")")" && pwd)
+PYTHON=${PYTHON:-python}
+
+die() { printf 'cvops-mlflow: error: %s\n' "$*" >&2; exit 64; }
+say() { printf 'cvops-mlflow: %s\n' "$*" >&2; }
+
+require() {
+    local name=$1
+    [ -n "${!name:-}" ] || die "$name is required but empty or unset (see docs/server.md)"
+}
+
+auth_enabled() {
+    case "${MLFLOW_AUTH:-on}" in
+        on|true|1|yes) return 0 ;;
+        off|false|0|no) return 1 ;;
+        *) die "MLFLOW_AUTH must be 'on' or 'off', got '${MLFLOW_AUTH}'" ;;
+    esac
+}
+
+# Secrets people copy from examples: refusing them at start-up beats an endpoint anyone can use.
+is_known_default() {
+    local value=${1,,}
+    case "$value" in
+        admin|password|password1234|passw0rd|mlflow|secret|default|changeme|change-me|change_me|\
+        12345678|123456789|1234567890|qwerty123|*changeme*|*change-me*|*change_me*|*replace-me*|*replace_me*)
+            return 0 ;;
+    esac
+    return 1
+}
+
+check_backend() {
+    require MLFLOW_BACKEND_STORE_URI
+    case "$MLFLOW_BACKEND_STORE_URI" in
+        postgresql+psycopg2://*) ;;
+        postgresql://*|postgres://*)
+            die "MLFLOW_BACKEND_STORE_URI must start with postgresql+psycopg2:// (SQLAlchemy 2.1 has no default PostgreSQL driver)" ;;
+        *) die "MLFLOW_BACKEND_STORE_URI must be a postgresql+psycopg2:// URI" ;;
+    esac
+    if auth_enabled; then
+        require MLFLOW_AUTH_DATABASE_URI
+        case "$MLFLOW_AUTH_DATABASE_URI" in
+            postgresql+psycopg2://*) ;;
+            *) die "MLFLOW_AUTH_DATABASE_URI must be a postgresql+psycopg2:// URI (a separate database, e.g. …/mlflow_auth)" ;;
+        esac
+        [ "$MLFLOW_AUTH_DATABASE_URI" != "$MLFLOW_BACKEND_STORE_URI" ] \
+            || die "MLFLOW_AUTH_DATABASE_URI must name a different database than MLFLOW_BACKEND_STORE_URI"
+    fi
+}
+
+check_auth_secrets() {
+    auth_enabled || return 0
+    : "${MLFLOW_ADMIN_USERNAME:=admin}"
+    require MLFLOW_ADMIN_PASSWORD
+    is_known_default "$MLFLOW_ADMIN_PASSWORD" \
+        && die "MLFLOW_ADMIN_PASSWORD is a well-known default; set a strong password in .env"
+    [ "${#MLFLOW_ADMIN_PASSWORD}" -ge 12 ] \
+        || die "MLFLOW_ADMIN_PASSWORD must be at least 12 characters"
+    require MLFLOW_FLASK_SERVER_SECRET_KEY
+    is_known_default "$MLFLOW_FLASK_SERVER_SECRET_KEY" \
+        && die "MLFLOW_FLASK_SERVER_SECRET_KEY is a well-known default; generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+    [ "${#MLFLOW_FLASK_SERVER_SECRET_KEY}" -ge 16 ] \
+        || die "MLFLOW_FLASK_SERVER_SECRET_KEY must be at least 16 characters; generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+}
+
+check_artifacts() {
+    require MLFLOW_ARTIFACTS_DESTINATION
+    case "$MLFLOW_ARTIFACTS_DESTINATION" in
+        s3://?*) ;;
+        *) die "MLFLOW_ARTIFACTS_DESTINATION must be s3://bucket[/prefix], got '$MLFLOW_ARTIFACTS_DESTINATION'" ;;
+    esac
+}
+
+# MLflow reads the auth settings from an ini file; render ours into a private temp dir so the
+# database password never lands in the image or a world-readable path.
+write_auth_config() {
+    local dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/cvops-auth.XXXXXX")
+    chmod 700 "$dir"
+    export MLFLOW_AUTH_CONFIG_PATH="$dir/basic_auth.ini"
+    (umask 077 && "$PYTHON" "$HERE/server_setup.py" render-auth-config \
+        "$HERE/basic_auth.ini.template" "$MLFLOW_AUTH_CONFIG_PATH")
+    # MLflow reads the admin bootstrap credentials from these; the password stays out of the file.
+    export MLFLOW_AUTH_ADMIN_USERNAME="$MLFLOW_ADMIN_USERNAME"
+    export MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_ADMIN_PASSWORD"
+}
+
+migrate() {
+    check_backend
+    "$PYTHON" "$HERE/server_setup.py" wait-for-database "$MLFLOW_BACKEND_STORE_URI"
+    "$PYTHON" "$HERE/server_setup.py" create-database "$MLFLOW_BACKEND_STORE_URI"
+    say "upgrading the tracking schema"
+    mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI"
+    if auth_enabled; then
+        "$PYTHON" "$HERE/server_setup.py" create-database "$MLFLOW_AUTH_DATABASE_URI"
+        say "upgrading the auth schema"
+        "$PYTHON" -m mlflow.server.auth db upgrade --url "$MLFLOW_AUTH_DATABASE_URI"
+    fi
+    say "migrations done"
+}
+
+serve() {
+    check_backend
+    check_artifacts
+    check_auth_secrets
+
+    local port=${MLFLOW_PORT:-5000}
+    export GUNICORN_THREADS=${GUNICORN_THREADS:-8}
+    # See docs/server.md "Sizing": connections ≈ workers × 4 engines × (pool + overflow).
+    export MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=${MLFLOW_SQLALCHEMYSTORE_POOL_SIZE:-4}
+    export MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=${MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW:-4}
+    # Recycle before common idle-connection cut-offs of proxies and PostgreSQL poolers.
+    export MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE=${MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE:-1800}
+
+    # prometheus_client's multiprocess mode needs an empty directory per server generation.
+    local metrics_dir
+    metrics_dir=$(mktemp -d "${TMPDIR:-/tmp}/cvops-metrics.XXXXXX")
+    export PROMETHEUS_MULTIPROC_DIR="$metrics_dir"
+
+    local args=(
+        --host "${MLFLOW_HOST:-0.0.0.0}" --port "$port"
+        --workers "${GUNICORN_WORKERS:-2}"
+        --backend-store-uri "$MLFLOW_BACKEND_STORE_URI"
+        --serve-artifacts
+        --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION"
+        --default-artifact-root mlflow-artifacts:/
+        --gunicorn-opts "-c $HERE/gunicorn.conf.py"
+        --expose-prometheus "$metrics_dir"
+    )
+    [ -n "${MLFLOW_ALLOWED_HOSTS:-}" ] && args+=(--allowed-hosts "$MLFLOW_ALLOWED_HOSTS")
+    [ -n "${MLFLOW_CORS_ALLOWED_ORIGINS:-}" ] && args+=(--cors-allowed-origins "$MLFLOW_CORS_ALLOWED_ORIGINS")
+    if auth_enabled; then
+        write_auth_config
+        export MLFLOW_FLASK_SERVER_SECRET_KEY
+        args+=(--app-name basic-auth)
+    else
+        say "WARNING: MLFLOW_AUTH=off: anyone who reaches port $port can read and change everything"
+    fi
+    say "serving on port $port (auth ${MLFLOW_AUTH:-on}, artifacts proxied to $MLFLOW_ARTIFACTS_DESTINATION)"
+    exec mlflow server "${args[@]}"
+}
+
+case "${1:-serve}" in
+    serve) serve ;;
+    migrate) migrate ;;
+    *) die "unknown command '$1' (expected: serve | migrate)" ;;
+esac

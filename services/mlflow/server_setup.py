@@ -1,0 +1,114 @@
+"""Start-up helpers for entrypoint.sh that need Python (psycopg2, MLflow's config format).
+
+    server_setup.py render-auth-config TEMPLATE OUTPUT
+    server_setup.py wait-for-database URI
+    server_setup.py create-database URI
+"""
+
+import os
+import string
+import sys
+import time
+
+from sqlalchemy.engine import make_url
+
+AUTH_CONFIG_DEFAULTS = {
+    "MLFLOW_AUTH_DEFAULT_PERMISSION": "READ",
+    "MLFLOW_ADMIN_USERNAME": "admin",
+    "MLFLOW_AUTH_CACHE_TTL_SECONDS": "30",
+}
+PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+# Every PostgreSQL has it; the MLflow databases themselves may not exist yet.
+MAINTENANCE_DB = "postgres"
+DATABASE_WAIT_S = float(os.environ.get("CVOPS_DATABASE_WAIT_S", "60"))
+
+
+def fail(message: str) -> None:
+    print(f"cvops-mlflow: error: {message}", file=sys.stderr)
+    sys.exit(64)
+
+
+def render_auth_config(template_path: str, output_path: str) -> None:
+    values = {**AUTH_CONFIG_DEFAULTS, **{k: v for k, v in os.environ.items() if v}}
+    if values["MLFLOW_AUTH_DEFAULT_PERMISSION"] not in PERMISSIONS:
+        fail(f"MLFLOW_AUTH_DEFAULT_PERMISSION must be one of {', '.join(PERMISSIONS)}")
+    if not values["MLFLOW_AUTH_CACHE_TTL_SECONDS"].isdigit():
+        fail("MLFLOW_AUTH_CACHE_TTL_SECONDS must be a whole number of seconds (0 disables the cache)")
+    # MLflow reads the file with ConfigParser's interpolation, where a literal % must be doubled
+    # (URL-encoded database passwords contain them).
+    escaped = {k: v.replace("%", "%%") for k, v in values.items()}
+    with open(template_path, encoding="utf-8") as f:
+        template = string.Template(f.read())
+    try:
+        rendered = template.substitute(escaped)
+    except KeyError as missing:
+        fail(f"{missing.args[0]} is required to write the auth configuration")
+    fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(rendered)
+
+
+def _connect(url, dbname: str):
+    import psycopg2
+
+    return psycopg2.connect(
+        host=url.host or "localhost",
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        dbname=dbname,
+        connect_timeout=5,
+    )
+
+
+def wait_for_database(uri: str) -> None:
+    """Compose starts us as soon as PostgreSQL's container runs; give it time to accept logins."""
+    import psycopg2
+
+    url = make_url(uri)
+    deadline = time.monotonic() + DATABASE_WAIT_S
+    while True:
+        try:
+            _connect(url, MAINTENANCE_DB).close()
+            return
+        except psycopg2.OperationalError as e:
+            if time.monotonic() > deadline:
+                fail(f"cannot reach PostgreSQL at {url.host}:{url.port or 5432} "
+                     f"after {DATABASE_WAIT_S:.0f} s: {str(e).strip()}")
+            time.sleep(1)
+
+
+def create_database(uri: str) -> None:
+    """Create the database named in URI if missing, connecting through the maintenance DB."""
+    import psycopg2.errors
+    from psycopg2 import sql
+
+    url = make_url(uri)
+    if not url.database:
+        fail(f"no database name in {url.render_as_string(hide_password=True)}")
+    conn = _connect(url, MAINTENANCE_DB)
+    conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,))
+            if cur.fetchone():
+                return
+            try:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
+            except psycopg2.errors.DuplicateDatabase:
+                return  # a concurrent migrate created it first
+            print(f"cvops-mlflow: created database {url.database}", file=sys.stderr)
+    finally:
+        conn.close()
+
+
+COMMANDS = {
+    "render-auth-config": render_auth_config,
+    "wait-for-database": wait_for_database,
+    "create-database": create_database,
+}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        fail(f"usage: server_setup.py {{{' | '.join(COMMANDS)}}} ARGS…")
+    COMMANDS[sys.argv[1]](*sys.argv[2:])
