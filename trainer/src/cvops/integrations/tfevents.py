@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from cvops.integrations._extras import require
+from cvops.integrations._common import require
 
 log = logging.getLogger(__name__)
 
