@@ -121,6 +121,10 @@ serve() {
     # Recycle before common idle-connection cut-offs of proxies and PostgreSQL poolers.
     export MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE=${MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE:-1800}
 
+    # MLflow's job runner (huey consumers for GenAI judges, trace archival) is extra processes a
+    # CV tracking server never uses; opt back in with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true.
+    export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
+
     # prometheus_client's multiprocess mode needs an empty directory per server generation.
     local metrics_dir
     metrics_dir=$(mktemp -d "${TMPDIR:-/tmp}/cvops-metrics.XXXXXX")

@@ -1,0 +1,146 @@
+"""A client that knows only the tracking URL and its credentials moves every byte through the server.
+
+The S3 endpoint is moto_server, standing in for MinIO (no MinIO binary here). The client runs in a
+separate process whose environment has no AWS_* / MLFLOW_S3_ENDPOINT_URL at all, like a laptop
+outside the compose network.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+ARTIFACT_MB = 200
+
+CLIENT_SCRIPT = r"""
+import json, sys, time
+from mlflow import MlflowClient
+
+path, out_dir = sys.argv[1], sys.argv[2]
+client = MlflowClient()
+exp = client.create_experiment("artifact-roundtrip-" + str(time.time_ns()))
+run = client.create_run(exp)
+client.log_param(run.info.run_id, "SOLVER.BASE_LR", "0.01")
+for step in range(5):
+    client.log_metric(run.info.run_id, "total_loss", 1.0 / (step + 1), step=step)
+t0 = time.perf_counter()
+client.log_artifact(run.info.run_id, path, artifact_path="checkpoints")
+upload_s = time.perf_counter() - t0
+client.set_terminated(run.info.run_id)
+
+fetched = client.get_run(run.info.run_id)
+history = client.get_metric_history(run.info.run_id, "total_loss")
+t0 = time.perf_counter()
+local = client.download_artifacts(run.info.run_id, "checkpoints", out_dir)
+download_s = time.perf_counter() - t0
+print(json.dumps({
+    "run_id": run.info.run_id,
+    "artifact_uri": fetched.info.artifact_uri,
+    "params": fetched.data.params,
+    "metric_steps": [(m.step, m.value) for m in history],
+    "status": fetched.info.status,
+    "local_dir": local,
+    "upload_s": upload_s,
+    "download_s": download_s,
+}))
+"""
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def big_artifact(tmp_path_factory):
+    path = tmp_path_factory.mktemp("artifact") / "model_final.pth"
+    with open(path, "wb") as f:
+        for _ in range(ARTIFACT_MB):
+            f.write(os.urandom(1 << 20))
+    return path
+
+
+def client_only_env(server) -> dict:
+    """What a team member's shell has: the tracking URL and a login, nothing about S3."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "MLFLOW_", "BOTO", "S3_"))}
+    env.update({
+        "MLFLOW_TRACKING_URI": server.url,
+        "MLFLOW_TRACKING_USERNAME": server.admin_username,
+        "MLFLOW_TRACKING_PASSWORD": server.admin_password,
+        # Lower the client's multipart threshold so this 200 MB file takes the path a multi-GB
+        # checkpoint takes; the server must still keep the transfer proxied.
+        "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(50 * 1024**2),
+        "MLFLOW_MULTIPART_DOWNLOAD_MINIMUM_FILE_SIZE": str(50 * 1024**2),
+        # No credential file or instance metadata may sneak S3 access in either.
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    })
+    return env
+
+
+def test_server_info_advertises_no_presigned_transfers(tracking_server):
+    info = requests.get(f"{tracking_server.url}/api/3.0/mlflow/server-info", timeout=10).json()
+    assert info["multipart_uploads_enabled"] is False
+    assert info["multipart_downloads_enabled"] is False
+
+
+def test_client_with_only_tracking_url_round_trips_params_metrics_and_200mb_artifact(
+        tracking_server, s3, big_artifact, tmp_path):
+    out_dir = tmp_path / "download"
+    out_dir.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT_SCRIPT, str(big_artifact), str(out_dir)],
+        env=client_only_env(tracking_server), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, f"client failed:\n{result.stderr[-4000:]}\nserver log:\n{tracking_server.log()}"
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert report["artifact_uri"].startswith("mlflow-artifacts:/")
+    assert report["params"] == {"SOLVER.BASE_LR": "0.01"}
+    assert report["metric_steps"] == [[s, 1.0 / (s + 1)] for s in range(5)]
+    assert report["status"] == "FINISHED"
+    downloaded = os.path.join(report["local_dir"], big_artifact.name)
+    assert os.path.getsize(downloaded) == big_artifact.stat().st_size
+    assert sha256(downloaded) == sha256(big_artifact)
+
+    # The bytes really are in the bucket, under the server's artifacts destination.
+    prefix = tracking_server.artifacts_destination.split("/", 3)[3]
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=prefix)["Contents"]]
+    assert any(k.endswith(f"{report['run_id']}/artifacts/checkpoints/{big_artifact.name}") for k in keys)
+    # No presigned URL was ever used against S3 (they carry X-Amz-Signature in the query string).
+    assert "X-Amz-Signature" not in s3.log_file.read_text(errors="replace")
+
+    mb = big_artifact.stat().st_size / 1024**2
+    print(f"\n[measure] {mb:.0f} MB through the tracking server: upload {report['upload_s']:.2f} s "
+          f"({mb / report['upload_s']:.0f} MB/s), download {report['download_s']:.2f} s "
+          f"({mb / report['download_s']:.0f} MB/s)")
+
+
+def test_direct_s3_throughput_for_comparison(s3, big_artifact, tmp_path):
+    """Not a check: the same file straight to the S3 endpoint with boto3, for the report."""
+    client = s3.client()
+    key = f"direct-baseline/{big_artifact.name}"
+    t0 = time.perf_counter()
+    client.upload_file(str(big_artifact), s3.bucket, key)
+    upload_s = time.perf_counter() - t0
+    target = tmp_path / "direct.bin"
+    t0 = time.perf_counter()
+    client.download_file(s3.bucket, key, str(target))
+    download_s = time.perf_counter() - t0
+    client.delete_object(Bucket=s3.bucket, Key=key)
+    assert sha256(target) == sha256(big_artifact)
+    mb = big_artifact.stat().st_size / 1024**2
+    print(f"\n[measure] {mb:.0f} MB direct to S3 (boto3): upload {upload_s:.2f} s ({mb / upload_s:.0f} MB/s), "
+          f"download {download_s:.2f} s ({mb / download_s:.0f} MB/s)")

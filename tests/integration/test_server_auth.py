@@ -1,0 +1,84 @@
+"""Basic-auth on the team endpoint: who may call what (MLflow's auth app, database in PostgreSQL)."""
+
+import uuid
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+API = "/api/2.0/mlflow"
+
+
+@pytest.fixture(scope="module")
+def users(tracking_server):
+    suffix = uuid.uuid4().hex[:6]
+    accounts = {name: (f"{name}-{suffix}", f"{name}-pw-{uuid.uuid4().hex}") for name in ("owner", "other")}
+    for username, password in accounts.values():
+        tracking_server.create_user(username, password)
+    return accounts
+
+
+def call(server, method, path, auth=None, **kwargs):
+    return requests.request(method, f"{server.url}{API}{path}", auth=auth, timeout=30, **kwargs)
+
+
+def test_anonymous_request_is_refused(tracking_server):
+    response = call(tracking_server, "GET", "/experiments/search", params={"max_results": 1})
+    assert response.status_code == 401
+    assert "Basic" in response.headers.get("WWW-Authenticate", "")
+
+
+def test_wrong_password_is_refused(tracking_server):
+    auth = (tracking_server.admin_username, tracking_server.admin_password + "x")
+    response = call(tracking_server, "GET", "/experiments/search", auth=auth, params={"max_results": 1})
+    assert response.status_code == 401
+
+
+def test_unknown_user_is_refused(tracking_server):
+    response = call(tracking_server, "GET", "/experiments/search", auth=("nobody-here", "whatever-password"),
+                    params={"max_results": 1})
+    assert response.status_code == 401
+
+
+def test_non_owner_can_read_but_not_edit_another_users_experiment(tracking_server, users):
+    owner, other = users["owner"], users["other"]
+    created = call(tracking_server, "POST", "/experiments/create", auth=owner,
+                   json={"name": f"owned-{uuid.uuid4().hex[:8]}"})
+    assert created.status_code == 200, created.text
+    experiment_id = created.json()["experiment_id"]
+    run = call(tracking_server, "POST", "/runs/create", auth=owner, json={"experiment_id": experiment_id})
+    assert run.status_code == 200, run.text
+    run_id = run.json()["run"]["info"]["run_id"]
+
+    # default_permission = READ: teammates see each other's work ...
+    assert call(tracking_server, "GET", "/experiments/get", auth=other,
+                params={"experiment_id": experiment_id}).status_code == 200
+    # ... but cannot change it.
+    rename = {"experiment_id": experiment_id, "new_name": f"hijacked-{uuid.uuid4().hex[:8]}"}
+    assert call(tracking_server, "POST", "/experiments/update", auth=other, json=rename).status_code == 403
+    metric = {"run_id": run_id, "key": "total_loss", "value": 9.9, "timestamp": 0, "step": 0}
+    assert call(tracking_server, "POST", "/runs/log-metric", auth=other, json=metric).status_code == 403
+    assert call(tracking_server, "POST", "/experiments/delete", auth=other,
+                json={"experiment_id": experiment_id}).status_code == 403
+
+    # The owner can.
+    assert call(tracking_server, "POST", "/runs/log-metric", auth=owner, json=metric).status_code == 200
+    assert call(tracking_server, "POST", "/experiments/update", auth=owner, json=rename).status_code == 200
+
+
+def test_only_admins_create_users(tracking_server, users):
+    response = call(tracking_server, "POST", "/users/create", auth=users["other"],
+                    json={"username": f"sneaky-{uuid.uuid4().hex[:6]}", "password": "long-enough-password"})
+    assert response.status_code == 403
+
+
+def test_password_change_takes_effect_for_the_user(tracking_server):
+    username, old, new = f"rotating-{uuid.uuid4().hex[:6]}", "first-password-123", "second-password-456"
+    tracking_server.create_user(username, old)
+    search = ("/experiments/search", {"max_results": 1})
+    assert call(tracking_server, "GET", search[0], auth=(username, old), params=search[1]).status_code == 200
+    changed = call(tracking_server, "PATCH", "/users/update-password", auth=tracking_server.admin_auth,
+                   json={"username": username, "password": new})
+    assert changed.status_code == 200, changed.text
+    assert call(tracking_server, "GET", search[0], auth=(username, new), params=search[1]).status_code == 200

@@ -1,0 +1,58 @@
+"""entrypoint.sh: refuses unsafe configuration, migrates idempotently, answers /health and /metrics."""
+
+import pytest
+import requests
+
+from tests.harness.fixtures import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"MLFLOW_ADMIN_PASSWORD": ""}, "MLFLOW_ADMIN_PASSWORD is required"),
+        ({"MLFLOW_ADMIN_PASSWORD": "password1234"}, "MLFLOW_ADMIN_PASSWORD is a well-known default"),
+        ({"MLFLOW_ADMIN_PASSWORD": "please-changeme"}, "MLFLOW_ADMIN_PASSWORD is a well-known default"),
+        ({"MLFLOW_ADMIN_PASSWORD": "short-pw"}, "MLFLOW_ADMIN_PASSWORD must be at least 12 characters"),
+        ({"MLFLOW_FLASK_SERVER_SECRET_KEY": ""}, "MLFLOW_FLASK_SERVER_SECRET_KEY is required"),
+        ({"MLFLOW_FLASK_SERVER_SECRET_KEY": "changeme"}, "MLFLOW_FLASK_SERVER_SECRET_KEY is a well-known default"),
+        ({"MLFLOW_BACKEND_STORE_URI": "postgresql://u:p@db/mlflow"}, "postgresql+psycopg2://"),
+        ({"MLFLOW_ARTIFACTS_DESTINATION": "/var/artifacts"}, "MLFLOW_ARTIFACTS_DESTINATION must be s3://"),
+        ({"MLFLOW_AUTH": "maybe"}, "MLFLOW_AUTH must be 'on' or 'off'"),
+    ],
+    ids=["empty-password", "mlflow-legacy-default", "placeholder", "short-password", "no-secret-key",
+         "default-secret-key", "driverless-uri", "local-artifacts", "bad-auth-flag"],
+)
+def test_serve_refuses_unsafe_configuration(tracking_server, overrides, message):
+    result = tracking_server.run_entrypoint("serve", timeout_s=60, MLFLOW_PORT=str(free_port()), **overrides)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Listening at" not in result.stderr  # refused before gunicorn ever started
+
+
+def test_migrate_is_idempotent(tracking_server):
+    result = tracking_server.run_entrypoint("migrate")
+    assert result.returncode == 0, result.stderr
+    assert "migrations done" in result.stderr
+
+
+def test_health_answers_without_login(tracking_server):
+    response = requests.get(f"{tracking_server.url}/health", timeout=10)
+    assert response.status_code == 200
+    assert response.text == "OK"
+
+
+def test_metrics_expose_request_counters_to_an_authenticated_scraper(tracking_server):
+    requests.get(f"{tracking_server.url}/api/2.0/mlflow/experiments/search", auth=tracking_server.admin_auth,
+                 params={"max_results": 1}, timeout=10)
+    response = requests.get(f"{tracking_server.url}/metrics", auth=tracking_server.admin_auth, timeout=10)
+    assert response.status_code == 200
+    assert "mlflow_http_request_total" in response.text
+    assert requests.get(f"{tracking_server.url}/metrics", timeout=10).status_code == 401
+
+
+def test_startup_time_to_healthy(tracking_server):
+    """Not a check: the number for the report (time from `entrypoint.sh serve` to /health = 200)."""
+    assert tracking_server.startup_s is not None
+    print(f"\n[measure] server start to healthy: {tracking_server.startup_s:.1f} s")
