@@ -1,0 +1,202 @@
+"""The background worker: the training thread only enqueues; this thread spools and sends.
+
+Every ``flush_interval_s`` (or when asked to flush) the worker moves what the training thread
+enqueued into the on-disk spool (one fsync), then replays the spool to the server. When the
+server is away it backs off (0.5 s doubling to 5 s) and keeps spooling; nothing is held in
+memory beyond one interval's worth of records.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cvops.config import Settings
+from cvops.tracking.replay import Replayer
+from cvops.tracking.spool import Spool
+from cvops.tracking.transport import Transient, Transport
+
+log = logging.getLogger("cvops")
+
+# Records waiting in memory for the worker. A record is one log_* call (up to 1000 metrics),
+# so this bounds memory at a few hundred MB in the worst case while the disk is stuck.
+MAX_QUEUED_RECORDS = 100_000
+_BACKOFF_START_S = 0.5
+_BACKOFF_MAX_S = 5.0
+
+
+@dataclass
+class _FlushRequest:
+    done: threading.Event = field(default_factory=threading.Event)
+    sent: bool = False
+    try_server: bool = True  # False: only make the records durable (the server is known to be away)
+
+
+class Worker:
+    """One per process and tracking server; shared by a run and its children."""
+
+    def __init__(self, settings: Settings, transport: Transport | None = None):
+        self.settings = settings
+        directory = Path(settings.spool_dir) / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.spool = Spool(directory, settings.spool_max_bytes)
+        self.transport = transport or Transport(settings.tracking_uri, settings.request_timeout_s)
+        self.replayer = Replayer(self.spool, self.transport)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._offline_since: float | None = None
+        self._retry_at = 0.0
+        self._backoff_s = _BACKOFF_START_S
+        self._dropped_in_memory = 0
+        self._warned_spool_full = False
+        self._warned_artifact_not_snapshotted = False
+        self._thread = threading.Thread(target=self._loop, name="cvops-tracking-worker", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------- training-thread side
+    def submit(self, record: dict) -> None:
+        """Enqueue one record; never blocks, never raises."""
+        # SimpleQueue.put is reentrant, so this is safe from a signal handler too.
+        if self._inbox.qsize() >= MAX_QUEUED_RECORDS:
+            self._dropped_in_memory += 1
+            if self._dropped_in_memory == 1:
+                log.warning("cvops: %d records are waiting for the disk spool; dropping new ones",
+                            MAX_QUEUED_RECORDS)
+            return
+        self._inbox.put(record)
+
+    def flush(self, timeout_s: float, try_server: bool = True) -> bool:
+        """Wait until everything enqueued so far is on the server; False on timeout or outage.
+
+        During an outage this returns as soon as the records are safely in the spool.
+        """
+        if not self._thread.is_alive():
+            return False
+        request = _FlushRequest(try_server=try_server)
+        self._inbox.put(request)
+        self._wake.set()
+        request.done.wait(timeout_s)
+        return request.sent
+
+    @property
+    def online(self) -> bool:
+        return self._offline_since is None
+
+    def close(self, timeout_s: float) -> bool:
+        """Flush (bounded), stop the thread, and remove the spool if everything was sent."""
+        # When the last attempt failed, one more would only wait out a timeout at exit.
+        sent = self.flush(timeout_s, try_server=self.online)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=max(1.0, min(timeout_s, 5.0)))
+        if self._thread.is_alive():
+            return False  # still busy in a request: leave the spool alone, it stays replayable
+        removed = self.spool.close(remove_if_drained=True)
+        lost = self.spool.dropped + self._dropped_in_memory
+        if lost:
+            log.warning("cvops: %d tracking records were dropped because the spool was full "
+                        "(CVOPS_SPOOL_MAX_BYTES=%d)", lost, self.spool.max_bytes)
+        if not removed:
+            log.warning("cvops: some tracking data could not be sent; it is kept in %s. "
+                        "Upload it later with: cvops sync %s", self.spool.directory, self.spool.directory)
+        return sent and removed
+
+    # ----------------------------------------------------------------- worker thread
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self.settings.flush_interval_s)
+            self._wake.clear()
+            try:
+                self._cycle()
+            except Exception:  # tracking must never take the process down
+                log.exception("cvops: unexpected error in the tracking worker; will retry")
+                time.sleep(self.settings.flush_interval_s)
+            if self._stop.is_set():
+                self._cycle_final()
+                return
+
+    def _cycle_final(self) -> None:
+        records, flushes = self._drain_inbox()
+        self._spool_records(records)
+        for request in flushes:
+            request.done.set()
+
+    def _drain_inbox(self) -> tuple[list[dict], list[_FlushRequest]]:
+        records, flushes = [], []
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return records, flushes
+            if isinstance(item, _FlushRequest):
+                flushes.append(item)
+            else:
+                records.append(item)
+
+    def _spool_records(self, records: list[dict]) -> None:
+        for record in records:
+            if record.get("op") == "artifact" and "source" in record:
+                self._snapshot(record)
+        if self.spool.append(records) and not self._warned_spool_full:
+            self._warned_spool_full = True
+            log.warning("cvops: the spool %s is full (CVOPS_SPOOL_MAX_BYTES=%d); new tracking data is "
+                        "dropped and counted until the server takes some", self.spool.directory,
+                        self.spool.max_bytes)
+
+    def _snapshot(self, record: dict) -> None:
+        source = Path(record.pop("source"))
+        move = record.pop("move", False)
+        try:
+            adopted = self.spool.adopt_artifact(source, move)
+        except OSError as exc:
+            log.warning("cvops: could not snapshot artifact %s (%s); uploading it from its place", source, exc)
+            adopted = None
+        if adopted is None and not self._warned_artifact_not_snapshotted:
+            self._warned_artifact_not_snapshotted = True
+            log.warning("cvops: artifact %s does not fit in the spool; it will be uploaded from its "
+                        "original place, so do not delete it before the run ends", source)
+        record["path"] = str(adopted.relative_to(self.spool.directory)) if adopted else str(source)
+        record["owned"] = adopted is not None
+
+    def _cycle(self) -> None:
+        records, flushes = self._drain_inbox()
+        self._spool_records(records)
+        retry_due = self._offline_since is None or time.monotonic() >= self._retry_at
+        if not retry_due and not any(request.try_server for request in flushes):
+            for request in flushes:
+                request.done.set()
+            return
+        sent_all = self._replay()
+        for request in flushes:
+            request.sent = sent_all
+            request.done.set()
+
+    def _replay(self) -> bool:
+        try:
+            while self.replayer.step():
+                if self._stop.is_set() and not self._inbox.empty():
+                    break
+        except Transient as exc:
+            self._went_offline(exc)
+            return False
+        if self._offline_since is not None:
+            log.warning("cvops: the tracking server is back after %.0f s; the spooled records were sent",
+                        time.monotonic() - self._offline_since)
+            self._offline_since = None
+            self._backoff_s = _BACKOFF_START_S
+        return True
+
+    def _went_offline(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._offline_since is None:
+            self._offline_since = now
+            log.warning("cvops: the tracking server is unreachable (%s); training continues and "
+                        "tracking data is kept in %s until it returns", exc, self.spool.directory)
+        else:
+            self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+        self._retry_at = now + self._backoff_s
