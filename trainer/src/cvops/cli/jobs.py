@@ -98,8 +98,13 @@ def _render(spec, kind: str, tracking_uri: str | None, network: str | None) -> s
         return yaml.safe_dump(render_job(spec, provenance, tracking_uri), sort_keys=False)
     import shlex
 
+    from cvops.jobs.spec import check_host_paths
+
+    check_host_paths(spec)
     # Values that belong to the caller's environment are passed by name (`--env NAME`).
-    from_caller = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} | ({"MLFLOW_TRACKING_URI"} if not tracking_uri else set())
+    from_caller = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    if not tracking_uri:
+        from_caller.add("MLFLOW_TRACKING_URI")
     tracking = Tracking(uri=tracking_uri or "-", username="-", password="-")
     kwargs = docker_run_kwargs(spec, provenance, tracking, Placement(network=network))
     return shlex.join(docker_cli_args(kwargs, secret_names=frozenset(from_caller))) + "\n"

@@ -8,18 +8,18 @@ progress line, and closes the run if the container died without doing so. ``ps``
 """
 from __future__ import annotations
 
-import re
+import codecs
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 from urllib.parse import urlparse
 
 from cvops.jobs import gpus as gpu_selection
 from cvops.jobs.plan import LABEL_PREFIX, Placement, Provenance, Tracking, docker_run_kwargs, git_provenance
 from cvops.jobs.runtime import EXIT_CODE_TAG
-from cvops.jobs.spec import JobSpec
+from cvops.jobs.spec import JobSpec, check_host_paths
 
 RUN_ID_LABEL = f"{LABEL_PREFIX}run_id"
 TRACKING_URI_LABEL = f"{LABEL_PREFIX}tracking_uri"
@@ -299,6 +299,7 @@ def submit(spec: JobSpec, options: SubmitOptions, out: TextIO = sys.stdout, err:
 
     from cvops.config import load_settings
 
+    check_host_paths(spec)
     client = docker_client()
     target = resolve_target(client, options.tracking_uri, options.network, load_settings().tracking_uri)
     choice = None
@@ -363,17 +364,24 @@ def _run_status(uri: str, run_id: str) -> str:
         return "status unknown"
 
 
-def stream_logs(container, write: Callable[[str], None], follow: bool = True, tail: str | int = "all") -> None:
-    """Writes the container's output line by line as it comes (chunks are split on newlines)."""
+def log_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Whole lines from the byte chunks Docker streams (a chunk may end mid-line or mid-UTF-8)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""
-    for chunk in container.logs(stream=True, follow=follow, tail=tail):
-        pending += chunk.decode("utf-8", errors="replace")
-        # Keras' progress bars redraw with \r: keep only the last redraw of each line.
-        *lines, pending = re.split(r"(?<=\n)", pending)
+    for chunk in chunks:
+        pending += decoder.decode(chunk)
+        *lines, pending = pending.split("\n")
         for line in lines:
-            write(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r\n") else line)
+            # Progress bars redraw with \r: keep only the last state of each line.
+            yield line.rstrip("\r").rsplit("\r", 1)[-1] + "\n"
+    pending += decoder.decode(b"", final=True)
     if pending:
-        write(pending + "\n")
+        yield pending.rsplit("\r", 1)[-1] + "\n"
+
+
+def stream_logs(container, write: Callable[[str], None], follow: bool = True, tail: str | int = "all") -> None:
+    for line in log_lines(container.logs(stream=True, follow=follow, tail=tail)):
+        write(line)
 
 
 def job_containers(client, include_stopped: bool = False) -> list:

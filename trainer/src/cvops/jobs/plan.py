@@ -14,9 +14,8 @@ from pathlib import Path
 
 from cvops.config import TAG_ENV_PREFIX
 from cvops.jobs.gpus import GpuChoice
-from cvops.jobs.spec import JobSpec
+from cvops.jobs.spec import CODE_MOUNT, JobSpec
 
-CODE_MOUNT = "/job"
 LABEL_PREFIX = "cvops."
 # The image's ENTRYPOINT (`cvops train --`) supervises the command and closes the run if the
 # command dies without doing so (trainer/images/*/Dockerfile, cvops.jobs.runtime).

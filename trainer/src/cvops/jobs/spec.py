@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-FRAMEWORKS = ("keras", "detectron2", "tfod")
+CODE_MOUNT = "/job"
 
 # Set by `cvops submit` itself; a job file that sets them would silently fight the submitter
 # (and would put a password in a file that usually lands in git).
@@ -135,7 +135,7 @@ class JobSpec(_Strict):
     image: str = Field(min_length=1)
     command: list[str] = Field(min_length=1)
     name: str | None = None
-    code: Path | None = Field(default=None, description="host folder with the training code, mounted at /job")
+    code: Path | None = Field(default=None, description=f"host folder with the training code, mounted at {CODE_MOUNT}")
     datasets: list[DatasetMount] = Field(default_factory=list)
     experiment: str = Field(min_length=1)
     run_name: str | None = None
@@ -218,13 +218,16 @@ class JobSpec(_Strict):
             return gpus
         raise ValueError(f"{gpus!r} is not a GPU request; {hint}")
 
-    @model_validator(mode="after")
-    def _distinct_targets(self) -> "JobSpec":
-        targets = [mount.target for mount in self.datasets] + (["/job"] if self.code else [])
+    @field_validator("datasets")
+    @classmethod
+    def _distinct_targets(cls, datasets: list[DatasetMount]) -> list[DatasetMount]:
+        targets = [mount.target.rstrip("/") for mount in datasets]
         repeated = sorted({t for t in targets if targets.count(t) > 1})
         if repeated:
-            raise ValueError(f"datasets mount more than one thing at {', '.join(repeated)}")
-        return self
+            raise ValueError(f"more than one thing is mounted at {', '.join(repeated)}")
+        if CODE_MOUNT in targets:
+            raise ValueError(f"{CODE_MOUNT} is where the job's code is mounted; choose another target")
+        return datasets
 
     @property
     def job_name(self) -> str:
@@ -265,24 +268,24 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
 
 
 def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
-    def resolve(path: Path) -> Path:
-        return (base / path.expanduser()).resolve()
+    def resolve(path: Path | None) -> Path | None:
+        return None if path is None else (base / path.expanduser()).resolve()
 
+    datasets = [mount.model_copy(update={"source": resolve(mount.source)}) for mount in spec.datasets]
+    return spec.model_copy(update={"code": resolve(spec.code), "datasets": datasets})
+
+
+def check_host_paths(spec: JobSpec) -> None:
+    """For running on this host: the code folder and dataset sources must exist here (a
+    Kubernetes rendering needs them on the cluster's nodes instead, so loading does not check)."""
     problems: list[tuple[str, str]] = []
-    code = resolve(spec.code) if spec.code is not None else None
-    if code is not None and not code.is_dir():
-        problems.append(("code", f"{code} is not a folder on this machine"))
-    datasets = []
+    if spec.code is not None and not spec.code.is_dir():
+        problems.append(("code", f"{spec.code} is not a folder on this machine"))
     for index, mount in enumerate(spec.datasets):
-        if mount.source is not None:
-            source = resolve(mount.source)
-            if not source.exists():
-                problems.append((f"datasets[{index}].source", f"{source} does not exist on this machine"))
-            mount = mount.model_copy(update={"source": source})
-        datasets.append(mount)
+        if mount.source is not None and not mount.source.exists():
+            problems.append((f"datasets[{index}].source", f"{mount.source} does not exist on this machine"))
     if problems:
         raise JobSpecError(str(spec.source_file or "job spec"), problems)
-    return spec.model_copy(update={"code": code, "datasets": datasets})
 
 
 def parse_job_spec(data: Any, *, source_file: Path | None = None) -> JobSpec:
