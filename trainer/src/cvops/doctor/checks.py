@@ -10,6 +10,7 @@ import contextlib
 import email.utils
 import hashlib
 import os
+import re
 import socket
 import ssl
 import tempfile
@@ -293,17 +294,23 @@ def check_server(probe: Probe) -> CheckResult:
     return result(Status.PASS, detail)
 
 
+def _allowed_hosts_entry(probe: Probe) -> str:
+    # MLflow matches the Host header verbatim, port included, unless the entry has a wildcard.
+    return probe.host if probe.url.port is None else f"{probe.host}:*"
+
+
 def check_host_header(probe: Probe) -> CheckResult:
     from mlflow.server.security_utils import INVALID_HOST_MSG
 
     result = _result("host")
     response = probe.request("GET", "/api/3.0/mlflow/server-info")
-    if response.status_code == 400 and INVALID_HOST_MSG.split(" - ")[0] in response.text:
+    # MLflow answers 403 (Flask app) or 400 (uvicorn app) with the same text.
+    if response.status_code in (400, 403) and INVALID_HOST_MSG.split(" - ")[0] in response.text:
         return result(
             Status.FAIL,
             f"the server rejects the Host header {probe.url.netloc!r} ({INVALID_HOST_MSG!r})",
-            f"add {probe.host} to MLFLOW_ALLOWED_HOSTS in the server's .env and restart the "
-            "mlflow service (docker compose up -d mlflow)",
+            f"add {_allowed_hosts_entry(probe)} to MLFLOW_ALLOWED_HOSTS in the server's .env and "
+            "restart the mlflow service (docker compose up -d mlflow)",
         )
     if response.status_code == 200:
         probe.server_info = response.json()
@@ -422,29 +429,39 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+# How MLflow's client reports an HTTP status: urllib3's retry exhaustion, requests' raise_for_status.
+_HTTP_STATUS_IN_ERROR = re.compile(r"too many (\d{3}) error responses|\b(\d{3}) (?:Server|Client) Error")
+
+
+def _http_status(error: BaseException) -> int | None:
+    match = _HTTP_STATUS_IN_ERROR.search(str(error))
+    return int(match.group(1) or match.group(2)) if match else None
+
+
 def _artifact_failure(probe: Probe, stage: str, error: BaseException) -> CheckResult:
     result = _result("artifacts")
-    message = _mlflow_error(error)[1]
+    status = _http_status(error)
     presigned = [flag for flag in PRESIGNED_TRANSFER_FLAGS if probe.server_info.get(flag)]
-    if stage == "download" and presigned:
+    if stage == "download" and presigned and status is None:
         return result(
             Status.FAIL,
             f"download failed: the server hands out presigned S3 URLs ({', '.join(presigned)}) "
-            f"and this machine cannot use them: {message}",
+            f"and this machine cannot use them: {_short(error)}",
             "switch presigned transfers off on the server (see docs/onboarding.md), or export "
             "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false here",
         )
-    if any(code in message for code in ("500", "502", "503", "504")):
+    if status is not None and status >= 500:
         return result(
             Status.FAIL,
-            f"{stage} failed inside the server: it cannot reach its artifact store ({message})",
+            f"{stage} failed inside the server (HTTP {status}): it cannot reach its artifact store",
             "on the server host check the object store (docker compose ps minio) and "
-            "MLFLOW_S3_ENDPOINT_URL / AWS_* / MLFLOW_ARTIFACTS_DESTINATION in .env",
+            "MLFLOW_S3_ENDPOINT_URL / AWS_* / MLFLOW_ARTIFACTS_DESTINATION in .env; "
+            "details in docker compose logs mlflow",
         )
-    if "403" in message:
-        return result(Status.FAIL, f"{stage} refused: {message}",
+    if status == 403:
+        return result(Status.FAIL, f"{stage} refused (HTTP 403)",
                       "your user lacks write access to this experiment's artifacts; ask an admin")
-    return result(Status.FAIL, f"{stage} failed: {message}",
+    return result(Status.FAIL, f"{stage} failed: {_short(error)}",
                   "see the server log: docker compose logs mlflow")
 
 
