@@ -1,0 +1,147 @@
+"""Per-call latency from the MLflow Python client on a keep-alive session, stock vs ours.
+
+    python -m bench.latency [--quick|--full] [--variants] [--profile]
+
+Each MlflowClient call (log_metric, log_param, set_tag, get_run, search_runs) is timed on its own,
+after a warm-up, against both servers in turn; MLflow's client reuses one pooled requests session,
+so every call after the first rides a kept-alive connection. A raw ``requests.Session`` GET of
+/health and POST of log-metric separate what the server costs from what the client library adds.
+
+--variants also starts ours with auth off, and ours with one sync worker, to price each layer.
+--profile records ours with py-spy while it serves log_metric (speedscope file in results/).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+
+import requests
+
+from bench.report import RESULTS_DIR, Deadline, median, parse_args, percentile, print_table, ratio, save
+from bench.stack import Endpoint, Stack, TrackingServer
+
+WARMUP_CALLS = 5
+
+
+def _operations(client, run_id: str, experiment_id: str):
+    return {
+        "log_metric": lambda i: client.log_metric(run_id, "loss", 0.5 + i * 1e-3, step=i),
+        "log_param": lambda i: client.log_param(run_id, f"param_{i}", str(i)),
+        "set_tag": lambda i: client.set_tag(run_id, f"tag_{i % 50}", str(i)),
+        "get_run": lambda i: client.get_run(run_id),
+        "search_runs": lambda i: client.search_runs([experiment_id], max_results=10),
+    }
+
+
+def _raw_operations(endpoint: Endpoint, run_id: str):
+    session = requests.Session()
+    session.auth = endpoint.auth
+    base = f"{endpoint.url}/api/2.0/mlflow"
+
+    def post_metric(i):
+        r = session.post(f"{base}/runs/log-metric", timeout=30, json={
+            "run_id": run_id, "key": "raw_loss", "value": 1.0, "timestamp": int(time.time() * 1000), "step": i})
+        r.raise_for_status()
+
+    def health(i):
+        session.get(f"{endpoint.url}/health", timeout=30).raise_for_status()
+
+    return {"raw POST log-metric": post_metric, "raw GET /health": health}
+
+
+def _time_calls(op, calls: int, seconds: float) -> list[float]:
+    for i in range(WARMUP_CALLS):
+        op(-1 - i)
+    samples, deadline = [], Deadline(seconds)
+    for i in range(calls):
+        if deadline.passed:
+            break
+        t0 = time.perf_counter()
+        op(i)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+def measure(endpoint: Endpoint, calls: int, seconds: float) -> dict[str, list[float]]:
+    from mlflow import MlflowClient
+
+    with endpoint.as_client():
+        client = MlflowClient(tracking_uri=endpoint.url)
+        experiment_id = client.create_experiment(f"latency-{endpoint.name}-{uuid.uuid4().hex[:8]}")
+        run_id = client.create_run(experiment_id).info.run_id
+        ops = {**_operations(client, run_id, experiment_id), **_raw_operations(endpoint, run_id)}
+        return {name: _time_calls(op, calls, seconds) for name, op in ops.items()}
+
+
+def profile_ours(endpoint: Endpoint, seconds: float, out_path) -> str:
+    """py-spy the gunicorn workers while the client hammers log_metric; returns the file written."""
+    from mlflow import MlflowClient
+
+    py_spy = shutil.which("py-spy")
+    if not py_spy:
+        return "py-spy not installed (pip install -r bench/requirements.txt)"
+    recorder = subprocess.Popen(
+        [py_spy, "record", "--format", "speedscope", "--output", str(out_path), "--duration", str(int(seconds)),
+         "--rate", "200", "--subprocesses", "--pid", str(endpoint.pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1)
+    with endpoint.as_client():
+        client = MlflowClient(tracking_uri=endpoint.url)
+        run_id = client.create_run(client.create_experiment(f"profile-{uuid.uuid4().hex[:8]}")).info.run_id
+        deadline = Deadline(seconds - 1)
+        for i in range(100_000):
+            if deadline.passed:
+                break
+            client.log_metric(run_id, "loss", 0.5, step=i)
+    recorder.wait(seconds + 30)
+    return str(out_path)
+
+
+def _start_variant(stack: Stack, name: str, env: dict[str, str]) -> Endpoint:
+    server = TrackingServer(name, stack.postgres, stack.s3, stack.root / name,
+                            {**env, "MLFLOW_BACKEND_STORE_URI": stack.postgres.url("mlflow_bench")})
+    server.migrate()
+    stack._stack.callback(server.stop)
+    server.start()
+    auth = server.admin_auth if env.get("MLFLOW_AUTH", "on") == "on" else None
+    return Endpoint(name, server.url, auth, server._proc.pid, server.startup_s, server.artifacts_destination)
+
+
+def main() -> None:
+    args = parse_args(__doc__, lambda p: (
+        p.add_argument("--variants", action="store_true", help="also ours with auth off / one sync worker"),
+        p.add_argument("--profile", action="store_true", help="py-spy record ours under log_metric load")))
+    calls, seconds = (500, 60) if args.full else (60, 15)
+    with Stack() as stack:
+        endpoints = stack.endpoints
+        if args.variants:
+            endpoints.append(_start_variant(stack, "ours_auth_off", {"MLFLOW_AUTH": "off", "GUNICORN_THREADS": "8"}))
+            endpoints.append(_start_variant(stack, "ours_sync_1w", {
+                "GUNICORN_WORKERS": "1", "GUNICORN_THREADS": "1"}))
+        results = {e.name: measure(e, calls, seconds) for e in endpoints}
+        profile = profile_ours(stack.ours, 20, RESULTS_DIR / "ours-log_metric.speedscope.json") \
+            if args.profile else None
+
+    ops = list(results["stock"])
+    headers = ["call", "stock median ms", "stock p95 ms", "ours median ms", "ours p95 ms", "median ratio"]
+    extra = [name for name in results if name not in ("stock", "ours")]
+    headers += [f"{name} median ms" for name in extra]
+    rows = []
+    for op in ops:
+        s, o = results["stock"][op], results["ours"][op]
+        rows.append([op, f"{median(s):.1f}", f"{percentile(s, 95):.1f}", f"{median(o):.1f}",
+                     f"{percentile(o, 95):.1f}", ratio(median(s), median(o)),
+                     *[f"{median(results[name][op]):.1f}" for name in extra]])
+    table = print_table(f"Per-call latency, MlflowClient on a kept-alive session ({calls} calls/op max)",
+                        headers, rows)
+    if profile:
+        print(f"py-spy profile: {profile}")
+    summary = {name: {op: {"median_ms": median(v), "p95_ms": percentile(v, 95), "n": len(v)}
+                      for op, v in per_op.items()} for name, per_op in results.items()}
+    save("latency", args.full, [table], {"results": summary, "profile": profile})
+
+
+if __name__ == "__main__":
+    main()
