@@ -117,6 +117,8 @@ class DisabledRun:
     run_id = None
     experiment_id = None
     ui_url = None
+    tracking_uri = None
+    status = None
 
     def __enter__(self):
         return self
@@ -175,6 +177,10 @@ class Run:
         if not run_id or not self._experiment_id:
             return None
         return f"{self._session.settings.tracking_uri.rstrip('/')}/#/experiments/{self._experiment_id}/runs/{run_id}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self._session.settings.tracking_uri
 
     @property
     def status(self) -> str | None:

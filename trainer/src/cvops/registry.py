@@ -1,0 +1,270 @@
+"""Models and the registry: log + register, aliases, a promotion gate, a model card.
+
+    version = registry.log_model_and_register(run, model, flavor="pytorch", registered_model_name="detector",
+                                              input_example=batch)
+    decision = registry.promote("detector", version.version, gates=[
+        registry.Gate("bbox/AP", higher_is_better=True, min_value=35.0),
+        registry.Gate("latency_p95_ms", higher_is_better=False, max_value=50.0),
+    ])
+    print(decision.summary())          # moves models:/detector@champion only if every gate passed
+
+These calls talk to the server synchronously (they happen once, after training) through
+``MlflowClient`` with MLflow's own retries.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import types
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from cvops.tracking.names import sanitize_metric_name
+
+CHAMPION = "champion"
+DECISION_TAG = "cvops.promotion_decision"
+MODEL_CARD_FILE = "model_card.md"
+_CARD_TAGS = ("task", "framework", "backbone", "dataset", "env", "team", "git_commit", "image", "hardware")
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    model_uri: str  # runs:/… or models:/m-… as MLflow logged it
+    run_id: str
+
+    @property
+    def registry_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _client(run) -> MlflowClient:
+    return MlflowClient(tracking_uri=run.tracking_uri)
+
+
+def _flavor_module(flavor: str | types.ModuleType) -> types.ModuleType:
+    if isinstance(flavor, types.ModuleType):
+        return flavor
+    try:
+        return importlib.import_module(f"mlflow.{flavor}")
+    except ImportError as exc:
+        raise ValueError(f"unknown or unavailable MLflow flavor {flavor!r} ({exc}); "
+                         "use e.g. 'pytorch', 'keras', 'tensorflow', 'onnx', 'pyfunc'") from None
+
+
+def log_model_and_register(run, model: Any, flavor: str | types.ModuleType, *, registered_model_name: str,
+                           name: str = "model", signature=None, input_example=None,
+                           aliases: Iterable[str] = (), **flavor_kwargs) -> RegisteredVersion:
+    """Log ``model`` with MLflow flavor ``flavor`` to ``run`` (MLflow 3 ``name=``) and register it.
+
+    ``signature`` is inferred from ``input_example`` by MLflow when not given. ``aliases`` are
+    set on the new version right away (use :func:`promote` for ``champion``).
+    """
+    if not getattr(run, "enabled", False):
+        raise RuntimeError("log_model_and_register needs a tracked run (tracking is off for this one)")
+    run.flush()
+    run_id = run.run_id
+    if run_id is None:
+        raise RuntimeError("the run has not reached the tracking server yet (it is offline); register "
+                           "the model after `cvops sync`")
+    from mlflow.models import Model
+
+    client = _client(run)
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        info = Model.log(
+            artifact_path=None, name=name, flavor=_flavor_module(flavor), run_id=run_id, registered_model_name=registered_model_name,
+            signature=signature, input_example=input_example, **_model_argument(flavor, model), **flavor_kwargs,
+        )
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    version = str(info.registered_model_version)
+    for alias in aliases:
+        client.set_registered_model_alias(registered_model_name, alias, version)
+    return RegisteredVersion(registered_model_name, version, info.model_uri, run_id)
+
+
+def _model_argument(flavor, model) -> dict[str, Any]:
+    """Each flavor's save_model names its model argument differently."""
+    flavor_name = flavor if isinstance(flavor, str) else flavor.__name__.rsplit(".", 1)[-1]
+    keyword = {"pytorch": "pytorch_model", "onnx": "onnx_model", "sklearn": "sk_model",
+               "pyfunc": "python_model"}.get(flavor_name, "model")
+    return {keyword: model}
+
+
+def set_alias(registered_model_name: str, alias: str, version: str | int, client: MlflowClient | None = None) -> None:
+    (client or MlflowClient()).set_registered_model_alias(registered_model_name, alias, str(version))
+
+
+# --------------------------------------------------------------------------- promotion gate
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One metric the challenger must satisfy.
+
+    ``higher_is_better``: the direction. ``min_value``/``max_value``: absolute bounds.
+    ``min_improvement``: how much better than the champion it must be (0 = at least as good;
+    negative = a tolerated regression, e.g. -0.5 AP).
+    """
+
+    metric: str
+    higher_is_better: bool = True
+    min_value: float | None = None
+    max_value: float | None = None
+    min_improvement: float = 0.0
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    metric: str
+    passed: bool
+    challenger: float | None
+    champion: float | None
+    reason: str
+
+
+@dataclass
+class PromotionDecision:
+    registered_model_name: str
+    alias: str
+    challenger_version: str
+    champion_version: str | None
+    promoted: bool
+    checks: list[GateCheck] = field(default_factory=list)
+
+    def summary(self) -> str:
+        verdict = "PROMOTED" if self.promoted else "NOT promoted"
+        champion = f"v{self.champion_version}" if self.champion_version else "no current champion"
+        lines = [f"{self.registered_model_name} v{self.challenger_version} {verdict} to @{self.alias} "
+                 f"(vs {champion})"]
+        lines += [f"  [{'pass' if c.passed else 'FAIL'}] {c.metric}: {c.reason}" for c in self.checks]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _run_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
+    return dict(client.get_run(run_id).data.metrics)
+
+
+def _check(gate: Gate, challenger: dict[str, float], champion: dict[str, float] | None) -> GateCheck:
+    metric = sanitize_metric_name(gate.metric)
+    value = challenger.get(metric)
+    reference = champion.get(metric) if champion is not None else None
+    if value is None or math.isnan(value):
+        return GateCheck(gate.metric, False, value, reference, "the challenger has no value for this metric")
+    if gate.min_value is not None and value < gate.min_value:
+        return GateCheck(gate.metric, False, value, reference, f"{value:g} < minimum {gate.min_value:g}")
+    if gate.max_value is not None and value > gate.max_value:
+        return GateCheck(gate.metric, False, value, reference, f"{value:g} > maximum {gate.max_value:g}")
+    if reference is None or math.isnan(reference):
+        return GateCheck(gate.metric, True, value, reference, f"{value:g} within bounds; no champion value")
+    improvement = value - reference if gate.higher_is_better else reference - value
+    direction = "higher" if gate.higher_is_better else "lower"
+    if improvement < gate.min_improvement:
+        return GateCheck(gate.metric, False, value, reference,
+                         f"{value:g} vs champion {reference:g}: improvement {improvement:g} < required "
+                         f"{gate.min_improvement:g} ({direction} is better)")
+    return GateCheck(gate.metric, True, value, reference,
+                     f"{value:g} vs champion {reference:g}: improvement {improvement:g} ({direction} is better)")
+
+
+def promote(registered_model_name: str, challenger_version: str | int, gates: Iterable[Gate],
+            alias: str = CHAMPION, client: MlflowClient | None = None, dry_run: bool = False) -> PromotionDecision:
+    """Compare a version's run metrics with the current ``alias`` holder and the gates' bounds.
+
+    The alias moves to the challenger only when every gate passes (and not with ``dry_run``).
+    The decision is also stored as the tag ``cvops.promotion_decision`` on the challenger version.
+    """
+    client = client or MlflowClient()
+    gates = list(gates)
+    if not gates:
+        raise ValueError("promote needs at least one Gate; promoting without criteria is what it prevents")
+    challenger = client.get_model_version(registered_model_name, str(challenger_version))
+    try:
+        champion = client.get_model_version_by_alias(registered_model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and "alias" not in str(exc).lower():
+            raise
+        champion = None
+    if champion is not None and champion.version == challenger.version:
+        champion = None  # re-evaluating the current champion: bounds only
+    challenger_metrics = _run_metrics(client, challenger.run_id)
+    champion_metrics = _run_metrics(client, champion.run_id) if champion is not None else None
+    checks = [_check(gate, challenger_metrics, champion_metrics) for gate in gates]
+    decision = PromotionDecision(
+        registered_model_name=registered_model_name, alias=alias, challenger_version=str(challenger.version),
+        champion_version=str(champion.version) if champion is not None else None,
+        promoted=all(check.passed for check in checks) and not dry_run, checks=checks,
+    )
+    if decision.promoted:
+        client.set_registered_model_alias(registered_model_name, alias, str(challenger.version))
+    client.set_model_version_tag(registered_model_name, str(challenger.version), DECISION_TAG,
+                                 json.dumps(decision.to_dict())[:5000])
+    return decision
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def model_card(run_id: str, client: MlflowClient | None = None, *, intended_use: str = "",
+               limitations: str = "", registered_version: RegisteredVersion | None = None) -> str:
+    """A markdown model card built from what the run recorded: data, params, metrics, environment."""
+    client = client or MlflowClient()
+    run = client.get_run(run_id)
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    title = registered_version.name if registered_version else tags.get("mlflow.runName", run_id)
+    lines = [f"# Model card: {title}", ""]
+    if registered_version:
+        lines += [f"Registered as `{registered_version.registry_uri}`.", ""]
+    lines += ["## Intended use", "", intended_use or "_Not stated by the training job._", ""]
+    lines += ["## Training data", ""]
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    if inputs:
+        lines += ["| name | context | digest | source |", "|---|---|---|---|"]
+        for dataset_input in inputs:
+            context = next((t.value for t in dataset_input.tags if t.key == "mlflow.data.context"), "")
+            dataset = dataset_input.dataset
+            lines.append(f"| {dataset.name} | {context} | `{dataset.digest}` | {dataset.source} |")
+    else:
+        lines.append(f"Dataset tag: {tags.get('dataset', '_not recorded_')}")
+    lines += ["", "## Metrics (last logged value)", ""]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value:.6g} |" for name, value in sorted(metrics.items())
+                  if not name.startswith("system/")]
+    else:
+        lines.append("_No metrics recorded._")
+    lines += ["", "## Training setup", "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {tags[name]} |" for name in _CARD_TAGS if tags.get(name)]
+    lines += [f"| run | `{run_id}` ({run.info.status}) |"]
+    important = {k: v for k, v in sorted(params.items()) if not k.startswith(("version.", "python_version"))}
+    if important:
+        lines += ["", "<details><summary>Parameters</summary>", "", "| param | value |", "|---|---|"]
+        lines += [f"| {k} | {v[:200]} |" for k, v in important.items()]
+        lines += ["", "</details>"]
+    lines += ["", "## Limitations", "", limitations or "_Not stated by the training job._", ""]
+    return "\n".join(lines)
+
+
+def log_model_card(run, *, intended_use: str = "", limitations: str = "",
+                   registered_version: RegisteredVersion | None = None) -> str:
+    """Generate :func:`model_card` for ``run`` and log it as ``model_card.md``; returns the text."""
+    run.flush()
+    client = _client(run)
+    card = model_card(run.run_id, client, intended_use=intended_use, limitations=limitations,
+                      registered_version=registered_version)
+    client.log_text(run.run_id, card, MODEL_CARD_FILE)
+    if registered_version:
+        client.update_model_version(registered_version.name, registered_version.version,
+                                    description=card[:4000])
+    return card
