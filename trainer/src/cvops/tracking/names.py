@@ -53,9 +53,8 @@ def sanitize_metric_name(name: str) -> str:
     text = name.replace("@", "_at_")
     text = _BRACKETED.sub(lambda m: f"_{m.group(1)}_" if m.group(1) else "_", text)
     text = _INVALID_CHARS.sub("_", text)
-    segments = [seg.strip() for seg in text.split("/")]
-    segments = [seg if seg not in (".", "..") else "_" for seg in segments if seg]
-    text = "/".join(seg.strip("_") or "_" for seg in segments) or "_"
+    segments = (seg.strip().strip("_") for seg in text.split("/") if seg)
+    text = "/".join(seg if seg not in ("", ".", "..") else "_" for seg in segments) or "_"
     if len(text) > MAX_ENTITY_KEY_LENGTH:
         text = text[: MAX_ENTITY_KEY_LENGTH - _SUFFIX_CHARS].rstrip("/") + "_" + name_digest(name)
     return text
