@@ -78,6 +78,7 @@ class _Session:
         if previous == signal.SIG_IGN:
             return
         self.shutdown(KILLED)
+        # Die of SIGTERM as the process would have without us (exit status 128+15 for the caller).
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -90,6 +91,17 @@ class _Session:
                 _session = None
             self.worker.close(self.settings.exit_flush_timeout_s)
         atexit.unregister(self.shutdown)
+        self._restore_sigterm()
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is None or threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+        except (ValueError, OSError):
+            pass
+        self._previous_sigterm = None
 
 
 _session: _Session | None = None
@@ -100,7 +112,7 @@ _warned_disabled = False
 def _get_session(settings: Settings) -> _Session:
     global _session
     with _session_lock:
-        if _session is None or _session.settings.tracking_uri != settings.tracking_uri:
+        if _session is None or _session.settings != settings:
             if _session is not None:
                 _session.shutdown(FINISHED)
             _session = _Session(settings)
@@ -157,7 +169,7 @@ class Run:
         self._params: dict[str, str] = dict(existing_params)
         self._nonfinite_points = 0
         self._status: str | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: the SIGTERM handler may run on a thread holding it
         with session.lock:
             session.open_runs.append(self)
 
