@@ -105,7 +105,30 @@ def resolve_target(client, tracking_uri: str | None, network: str | None, enviro
             "the stack's MLflow port is not published on this host; set MLFLOW_TRACKING_URI to the URL "
             "you open in the browser, or pass --tracking-uri"
         )
-    return Target(submitter_uri=submitter_uri, container_uri=f"http://{STACK_SERVICE}:{port}", network=stack_network)
+    host = f"{STACK_SERVICE}:{port}"
+    if not _host_header_accepted(submitter_uri, host):
+        # MLflow's DNS-rebinding guard allows only localhost and private IPs unless told more.
+        address = server.attrs["NetworkSettings"]["Networks"][stack_network]["IPAddress"]
+        print(
+            f"[cvops] the server refuses the Host header {host!r}; the job uses its address {address} instead, "
+            f"which changes if the server container is recreated. Add {STACK_SERVICE},{STACK_SERVICE}:* to "
+            "MLFLOW_ALLOWED_HOSTS to fix this",
+            file=sys.stderr,
+        )
+        host = f"{address}:{port}"
+    return Target(submitter_uri=submitter_uri, container_uri=f"http://{host}", network=stack_network)
+
+
+def _host_header_accepted(uri: str, host: str) -> bool:
+    """Whether the server answers requests naming it ``host`` (as jobs on its network do)."""
+    import requests
+
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+                                params={"max_results": 1}, headers={"Host": host}, timeout=10)
+    except requests.RequestException:
+        return True  # unreachable from here: pre-creating the run reports that, with its fix
+    return not (response.status_code == 403 and "Host header" in response.text)
 
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
@@ -256,12 +279,15 @@ class ProgressLine:
 
 
 def run_progress(uri: str, run_id: str, started: float) -> Callable[[], str]:
-    from cvops.tracking.transport import Transport
+    from cvops.tracking.transport import Transport, TransportError
 
-    transport = Transport(uri, timeout_s=5.0)
+    transport = Transport(uri, timeout_s=10.0)
 
     def describe() -> str:
-        run = transport.get_run(run_id)
+        try:
+            run = transport.get_run(run_id)
+        except TransportError:
+            return f"[cvops] {_duration(time.time() - started)} · the tracking server is not answering (the job spools)"
         metrics = (run.get("data") or {}).get("metrics") or []
         step = max((int(m.get("step", 0)) for m in metrics), default=None)
         # Losses first: they are what a user watches while a job trains.
