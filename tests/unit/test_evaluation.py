@@ -105,6 +105,9 @@ def test_figures_and_drawings_render_to_pixels():
         assert drawn.shape == (32, 32, 3)
         assert drawn[3, 10].tolist() == [230, 25, 75]  # the car colour on the predicted box's top edge
         assert drawn[2, 10].tolist() == [255, 255, 255]  # ground truth outline
+    # Early in training a model predicts corners the wrong way round: still drawn, not an error.
+    inverted = Detections([[19, 19, 3, 3]], [0], [0.8])
+    assert np.asarray(draw_detections(np.zeros((32, 32, 3), np.uint8), inverted, CLASSES))[3, 10].tolist() == [230, 25, 75]
 
 
 def test_latency_skips_warmup_and_reports_per_image_quantiles():

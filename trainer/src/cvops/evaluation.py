@@ -295,17 +295,24 @@ def draw_detections(
     draw = ImageDraw.Draw(canvas)
     if ground_truth is not None:
         for box in ground_truth.boxes:
-            draw.rectangle([float(v) for v in box], outline=(255, 255, 255), width=1)
+            draw.rectangle(_corners(box), outline=(255, 255, 255), width=1)
     scores = predictions.scores if predictions.scores is not None else np.ones(len(predictions.boxes))
     for box, class_id, score in zip(predictions.boxes, predictions.classes, scores):
         if score < score_threshold:
             continue
         colour = _PALETTE[int(class_id) % len(_PALETTE)]
         name = class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
-        x1, y1, x2, y2 = (float(v) for v in box)
+        x1, y1, x2, y2 = _corners(box)
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
         draw.text((x1 + 2, max(0.0, y1 - 11)), f"{name} {score:.2f}", fill=colour)
     return canvas
+
+
+def _corners(box: np.ndarray) -> list[float]:
+    # An untrained model can predict x2 < x1; draw the box it spans rather than fail.
+    x1, x2 = sorted((float(box[0]), float(box[2])))
+    y1, y2 = sorted((float(box[1]), float(box[3])))
+    return [x1, y1, x2, y2]
 
 
 def _to_pil_rgb(image: Any):
@@ -408,7 +415,7 @@ def log_detection_evaluation(
         {"labels": [*evaluation.class_names, "background"], "matrix": evaluation.confusion_matrix.tolist()},
         f"{artifact_dir}/confusion_matrix.json",
     )
-    for index, image in enumerate((images or [])[:max_sample_images]):
+    for index, image in enumerate(list(images if images is not None else [])[:max_sample_images]):
         drawn = draw_detections(image, predictions[index], class_names, ground_truth=ground_truth[index])
         run.log_image(drawn, f"{artifact_dir}/samples/{index:03d}.png")
     return evaluation
