@@ -78,6 +78,12 @@ def parse_size(value: Any) -> int:
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 
 
+def _as_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return str(value).lower()  # YAML's true -> "true", as a shell would write it
+    return value if value is None or isinstance(value, str) else str(value)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -171,12 +177,7 @@ class JobSpec(_Strict):
     def _stringify_values(cls, mapping: Any) -> Any:
         # YAML turns `epochs: 8` and `debug: true` into int/bool; the container only sees strings.
         if isinstance(mapping, dict):
-            return {
-                key: (str(value).lower() if isinstance(value, bool) else value if isinstance(value, str) else str(value))
-                if value is not None
-                else value
-                for key, value in mapping.items()
-            }
+            return {key: _as_text(value) for key, value in mapping.items()}
         return mapping
 
     @field_validator("tags")
