@@ -96,6 +96,35 @@ def test_server_info_advertises_no_presigned_transfers(tracking_server):
     assert info["multipart_downloads_enabled"] is False
 
 
+@pytest.fixture(scope="module")
+def admin_run_id(tracking_server):
+    api = f"{tracking_server.url}/api/2.0/mlflow"
+    experiment = requests.post(f"{api}/experiments/create", auth=tracking_server.admin_auth,
+                               json={"name": f"presigned-probe-{time.time_ns()}"}, timeout=30).json()
+    run = requests.post(f"{api}/runs/create", auth=tracking_server.admin_auth,
+                        json={"experiment_id": experiment["experiment_id"]}, timeout=30).json()
+    return run["run"]["info"]["run_id"]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/api/2.0/mlflow-artifacts/mpu/create/probe/model.pth", {"path": "model.pth", "num_parts": 2}),
+    ("GET", "/api/2.0/mlflow-artifacts/presigned/probe/model.pth", None),
+    ("POST", "/api/2.0/mlflow/artifacts/presigned-download-url", {"path": "model.pth"}),
+    ("POST", "/api/2.0/mlflow/artifacts/presigned-upload-url", {"path": "model.pth"}),
+], ids=["multipart-upload", "presigned-download", "run-presigned-download", "run-presigned-upload"])
+def test_presigned_and_multipart_endpoints_are_refused(tracking_server, admin_run_id, method, path, body):
+    """No endpoint hands out an S3 URL. Proxied-artifact endpoints answer 501, on which a client
+    forcing MLFLOW_ENABLE_PROXY_MULTIPART_*=true falls back to the proxy; the run-level ones
+    (SageMaker-style clients) already refuse mlflow-artifacts:/ runs with 400."""
+    if body and "/mlflow/artifacts/" in path:
+        body = {**body, "run_id": admin_run_id}
+    response = requests.request(method, f"{tracking_server.url}{path}", json=body,
+                                auth=tracking_server.admin_auth, timeout=30)
+    assert response.status_code in (400, 501), response.text
+    assert "not supported" in response.json()["message"]
+    assert "X-Amz-Signature" not in response.text
+
+
 def test_client_with_only_tracking_url_round_trips_params_metrics_and_200mb_artifact(
         tracking_server, s3, big_artifact, tmp_path):
     out_dir = tmp_path / "download"
@@ -126,6 +155,26 @@ def test_client_with_only_tracking_url_round_trips_params_metrics_and_200mb_arti
     print(f"\n[measure] {mb:.0f} MB through the tracking server: upload {report['upload_s']:.2f} s "
           f"({mb / report['upload_s']:.0f} MB/s), download {report['download_s']:.2f} s "
           f"({mb / report['download_s']:.0f} MB/s)")
+
+
+def test_client_forcing_presigned_transfers_falls_back_to_the_proxy(tracking_server, s3, tmp_path):
+    artifact = tmp_path / "forced.bin"
+    artifact.write_bytes(os.urandom(3 * 1024**2))
+    out_dir = tmp_path / "download"
+    out_dir.mkdir()
+    env = client_only_env(tracking_server)
+    env.update({
+        "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true",
+        "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "true",
+        "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(1024**2),
+        "MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE": str(1024**2),
+    })
+    result = subprocess.run([sys.executable, "-c", CLIENT_SCRIPT, str(artifact), str(out_dir)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"client failed:\n{result.stderr[-4000:]}"
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sha256(os.path.join(report["local_dir"], artifact.name)) == sha256(artifact)
+    assert "X-Amz-Signature" not in s3.log_file.read_text(errors="replace")
 
 
 def test_direct_s3_throughput_for_comparison(s3, big_artifact, tmp_path):
