@@ -7,11 +7,13 @@ after a warm-up, against both servers in turn; MLflow's client reuses one pooled
 so every call after the first rides a kept-alive connection. A raw ``requests.Session`` GET of
 /health and POST of log-metric separate what the server costs from what the client library adds.
 
---variants also starts ours with auth off, and ours with one sync worker, to price each layer.
+--variants also starts ours with the fixes proposed in bench/server_prototype.py, and ours with
+auth off, to price each layer.
 --profile records ours with py-spy while it serves log_metric (speedscope file in results/).
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -20,15 +22,16 @@ import uuid
 import requests
 
 from bench.report import RESULTS_DIR, Deadline, median, parse_args, percentile, print_table, ratio, save
-from bench.stack import Endpoint, Stack, TrackingServer
+from bench.server_prototype import prototype_entrypoint
+from bench.stack import VENV_BIN, Endpoint, Stack
 
 WARMUP_CALLS = 5
 
 
 def _operations(client, run_id: str, experiment_id: str):
     return {
-        "log_metric": lambda i: client.log_metric(run_id, "loss", 0.5 + i * 1e-3, step=i),
-        "log_param": lambda i: client.log_param(run_id, f"param_{i}", str(i)),
+        "log_metric": lambda i: client.log_metric(run_id, "loss", 0.5 + i * 1e-3, step=i + WARMUP_CALLS),
+        "log_param": lambda i: client.log_param(run_id, f"param_{i + WARMUP_CALLS}", str(i)),
         "set_tag": lambda i: client.set_tag(run_id, f"tag_{i % 50}", str(i)),
         "get_run": lambda i: client.get_run(run_id),
         "search_runs": lambda i: client.search_runs([experiment_id], max_results=10),
@@ -51,35 +54,42 @@ def _raw_operations(endpoint: Endpoint, run_id: str):
     return {"raw POST log-metric": post_metric, "raw GET /health": health}
 
 
-def _time_calls(op, calls: int, seconds: float) -> list[float]:
-    for i in range(WARMUP_CALLS):
-        op(-1 - i)
-    samples, deadline = [], Deadline(seconds)
-    for i in range(calls):
-        if deadline.passed:
-            break
-        t0 = time.perf_counter()
-        op(i)
-        samples.append((time.perf_counter() - t0) * 1000)
-    return samples
-
-
-def measure(endpoint: Endpoint, calls: int, seconds: float) -> dict[str, list[float]]:
+def _prepare(endpoint: Endpoint):
+    """The timed operations for one server, each bound to its own experiment and run."""
     from mlflow import MlflowClient
 
     with endpoint.as_client():
         client = MlflowClient(tracking_uri=endpoint.url)
         experiment_id = client.create_experiment(f"latency-{endpoint.name}-{uuid.uuid4().hex[:8]}")
         run_id = client.create_run(experiment_id).info.run_id
-        ops = {**_operations(client, run_id, experiment_id), **_raw_operations(endpoint, run_id)}
-        return {name: _time_calls(op, calls, seconds) for name, op in ops.items()}
+    return {**_operations(client, run_id, experiment_id), **_raw_operations(endpoint, run_id)}
+
+
+def measure(endpoints: list[Endpoint], calls: int, seconds: float) -> dict[str, dict[str, list[float]]]:
+    """Interleave the servers call by call, so load from other processes on a shared machine
+    falls on every server alike instead of on whichever happened to run during a busy spell."""
+    ops = {e.name: _prepare(e) for e in endpoints}
+    samples = {e.name: {op: [] for op in ops[e.name]} for e in endpoints}
+    for op in ops[endpoints[0].name]:
+        deadline = Deadline(seconds)
+        for i in range(-WARMUP_CALLS, calls):
+            if deadline.passed:
+                break
+            for endpoint in endpoints:
+                with endpoint.as_client():
+                    t0 = time.perf_counter()
+                    ops[endpoint.name][op](i)
+                    elapsed_ms = (time.perf_counter() - t0) * 1000
+                if i >= 0:
+                    samples[endpoint.name][op].append(elapsed_ms)
+    return samples
 
 
 def profile_ours(endpoint: Endpoint, seconds: float, out_path) -> str:
     """py-spy the gunicorn workers while the client hammers log_metric; returns the file written."""
     from mlflow import MlflowClient
 
-    py_spy = shutil.which("py-spy")
+    py_spy = shutil.which("py-spy", path=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
     if not py_spy:
         return "py-spy not installed (pip install -r bench/requirements.txt)"
     recorder = subprocess.Popen(
@@ -99,28 +109,22 @@ def profile_ours(endpoint: Endpoint, seconds: float, out_path) -> str:
     return str(out_path)
 
 
-def _start_variant(stack: Stack, name: str, env: dict[str, str]) -> Endpoint:
-    server = TrackingServer(name, stack.postgres, stack.s3, stack.root / name,
-                            {**env, "MLFLOW_BACKEND_STORE_URI": stack.postgres.url("mlflow_bench")})
-    server.migrate()
-    stack._stack.callback(server.stop)
-    server.start()
-    auth = server.admin_auth if env.get("MLFLOW_AUTH", "on") == "on" else None
-    return Endpoint(name, server.url, auth, server._proc.pid, server.startup_s, server.artifacts_destination)
-
-
 def main() -> None:
     args = parse_args(__doc__, lambda p: (
-        p.add_argument("--variants", action="store_true", help="also ours with auth off / one sync worker"),
+        p.add_argument("--variants", action="store_true", help="also ours + proposed fixes, ours with auth off"),
         p.add_argument("--profile", action="store_true", help="py-spy record ours under log_metric load")))
-    calls, seconds = (500, 60) if args.full else (60, 15)
+    calls, seconds = (500, 120) if args.full else (60, 30)
     with Stack() as stack:
         endpoints = stack.endpoints
         if args.variants:
-            endpoints.append(_start_variant(stack, "ours_auth_off", {"MLFLOW_AUTH": "off", "GUNICORN_THREADS": "8"}))
-            endpoints.append(_start_variant(stack, "ours_sync_1w", {
-                "GUNICORN_WORKERS": "1", "GUNICORN_THREADS": "1"}))
-        results = {e.name: measure(e, calls, seconds) for e in endpoints}
+            prototype = prototype_entrypoint(stack.root / "prototype")
+            endpoints += [
+                stack.start_variant("ours_admin_cache", {"CVOPS_PROTOTYPE": "admin-cache"}, prototype),
+                stack.start_variant("ours_admin_cache_no_pre_ping",
+                                    {"CVOPS_PROTOTYPE": "admin-cache,no-pre-ping"}, prototype),
+                stack.start_variant("ours_auth_off", {"MLFLOW_AUTH": "off"}),
+            ]
+        results = measure(endpoints, calls, seconds)
         profile = profile_ours(stack.ours, 20, RESULTS_DIR / "ours-log_metric.speedscope.json") \
             if args.profile else None
 
