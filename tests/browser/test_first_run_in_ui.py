@@ -1,0 +1,245 @@
+"""A team member's first look at a cvops run, in headless Chromium through the real login.
+
+A run is tracked with the cvops SDK (loss, learning rate, AP, an annotated prediction image, a
+registered model); the browser then signs in with HTTP basic credentials as a plain user, opens
+the experiment link, sees the run in the runs table beside the training charts, opens the run's
+artifacts and sees the prediction image, and registers the model and opens it in the registry.
+
+Screenshots land in test-artifacts/browser/; with CVOPS_UPDATE_SCREENSHOTS=1 they also replace
+the ones docs/onboarding.md shows, so the documentation is what this test saw.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import mlflow.pyfunc
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACT_DIR = REPO_ROOT / "test-artifacts" / "browser"
+DOCS_SCREENSHOT_DIR = REPO_ROOT / "docs" / "screenshots"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+# Tall enough that the run list and both chart sections (AP, then loss and lr) fit on one screen.
+VIEWPORT = {"width": 1280, "height": 1100}
+UI_TIMEOUT_MS = 60_000
+RUN_NAME = "faster-rcnn-r50-shapes"
+MODEL_NAME_PREFIX = "shapes-detector"
+BOX_COLOUR = (255, 40, 40)
+# What MLflow 3.17's UI needs in the link to open the Model training view (it ignores the
+# experiment's mlflow.experimentKind tag: the sidebar's GenAI / Model training switch decides).
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def _chromium() -> str:
+    path = os.environ.get("CVOPS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("Chromium not found: apt-get install chromium (or set CVOPS_CHROMIUM)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-dev.txt")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def team_member(tracking_server) -> tuple[str, str]:
+    credentials = ("ui-bob", "bob-pw-" + uuid.uuid4().hex[:12])
+    tracking_server.create_user(*credentials)
+    return credentials
+
+
+def _prediction_image():
+    """A synthetic 'shapes' frame with two predicted boxes and their labels, as a detector logs."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (480, 320), (34, 48, 64))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([60, 70, 190, 200], fill=(90, 170, 90))
+    draw.rectangle([280, 120, 420, 260], fill=(90, 120, 200))
+    for box, label in (([52, 62, 198, 208], "circle 0.97"), ([272, 112, 428, 268], "square 0.91")):
+        draw.rectangle(box, outline=BOX_COLOUR, width=4)
+        draw.rectangle([box[0], box[1] - 16, box[0] + 90, box[1]], fill=BOX_COLOUR)
+        draw.text((box[0] + 4, box[1] - 14), label, fill=(255, 255, 255))
+    return image
+
+
+class IdentityModel(mlflow.pyfunc.PythonModel):
+    """The smallest model MLflow can serve, standing in for a trained detector in the registry."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tracking_server, team_member):
+    """One training run logged by the cvops SDK as the team member, like a job would."""
+    import cvops
+
+    experiment = f"shapes-detection-{uuid.uuid4().hex[:6]}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+        env.setenv("MLFLOW_TRACKING_USERNAME", team_member[0])
+        env.setenv("MLFLOW_TRACKING_PASSWORD", team_member[1])
+        with cvops.start_run(experiment=experiment, run_name=RUN_NAME,
+                             tags={"task": "detection", "framework": "detectron2",
+                                   "backbone": "R-50-FPN", "dataset": "shapes-v1"}) as run:
+            run.log_params({"SOLVER.BASE_LR": 0.01, "SOLVER.IMS_PER_BATCH": 8})
+            for step in range(0, 300, 10):
+                run.log_metrics({"total_loss": 2.4 / (1 + step / 40), "lr": 0.01 * min(1, (step + 10) / 100)},
+                                step=step)
+            run.log_metrics({"bbox/AP": 61.2, "bbox/AP50": 88.4}, step=299)
+            run.log_image(_prediction_image(), "predictions/val_000.png")
+            assert run.flush(timeout_s=60), "the run did not reach the server"
+    return {
+        "run": run, "experiment": experiment, "credentials": team_member,
+        "experiment_url": (f"{tracking_server.url}/#/experiments/{run.experiment_id}/runs?"
+                           f"{MODEL_TRAINING_VIEW}&compareRunsMode=CHART"),
+        "run_url": f"{run.ui_url}?{MODEL_TRAINING_VIEW}",
+    }
+
+
+@pytest.fixture
+def page(browser, team_member):
+    """A signed-in tab: the browser answers the server's basic-auth challenge with the user's password."""
+    context = browser.new_context(
+        http_credentials={"username": team_member[0], "password": team_member[1]}, viewport=VIEWPORT,
+    )
+    # The assistant panel opens by itself only when the UI is served from localhost (MLflow's
+    # isLocalServer); team members reach the server by its host name and never get it. This test
+    # reaches the server as 127.0.0.1, so it marks the panel as already shown once.
+    context.add_init_script(
+        "window.localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true')"
+    )
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+def save_screenshot(tab, name: str) -> Path:
+    """Save under test-artifacts/browser/ (and docs/screenshots/ when asked); return the file."""
+    from PIL import Image
+
+    ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACT_DIR / f"{name}.png"
+    path.write_bytes(tab.screenshot())
+    if os.environ.get("CVOPS_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        # A 64-colour palette keeps a UI screenshot legible at a fraction of the size.
+        with Image.open(path) as shot:
+            shot.convert("RGB").quantize(colors=64).save(DOCS_SCREENSHOT_DIR / f"{name}.png", optimize=True)
+    return path
+
+
+def assert_not_blank(path: Path) -> None:
+    from PIL import Image, ImageStat
+
+    with Image.open(path) as shot:
+        stddev = ImageStat.Stat(shot.convert("L")).stddev[0]
+    assert stddev > 10, f"{path} looks blank (grey-level stddev {stddev:.1f})"
+
+
+def count_box_pixels(path: Path, region: dict) -> int:
+    """Pixels of the annotation colour inside ``region`` (a DOM bounding box) of a screenshot."""
+    from PIL import Image
+
+    with Image.open(path) as shot:
+        crop = shot.convert("RGB").crop((int(region["x"]), int(region["y"]),
+                                         int(region["x"] + region["width"]),
+                                         int(region["y"] + region["height"])))
+        return sum(1 for r, g, b in crop.getdata() if r > 200 and g < 90 and b < 90)
+
+
+def test_the_ui_refuses_a_wrong_password(browser, tracking_server, team_member):
+    context = browser.new_context(
+        http_credentials={"username": team_member[0], "password": "not-the-password"}, viewport=VIEWPORT,
+    )
+    try:
+        tab = context.new_page()
+        response = tab.goto(f"{tracking_server.url}/")
+        assert response.status == 401
+        assert response.headers["www-authenticate"].startswith("Basic")
+        assert "not authenticated" in tab.inner_text("body")
+    finally:
+        context.close()
+
+
+def test_experiment_opens_on_runs_and_training_charts(page, tracked_run):
+    page.goto(tracked_run["experiment_url"])
+    page.get_by_text(RUN_NAME, exact=True).first.wait_for()
+    loss_chart = page.locator("[data-testid='experiment-view-compare-runs-card']").filter(
+        has_text="total_loss")
+    loss_chart.locator(".js-plotly-plot svg.main-svg").first.wait_for()
+    # A chart with a drawn line, not an empty frame.
+    loss_chart.locator(".scatterlayer path.js-line").first.wait_for()
+    shot = save_screenshot(page, "02-experiment-runs-and-charts")
+
+    assert page.get_by_text(RUN_NAME, exact=True).first.is_visible()
+    box = loss_chart.first.bounding_box()
+    assert box["y"] + box["height"] <= VIEWPORT["height"], "the loss chart is below the fold"
+    assert page.get_by_text("Model metrics").first.is_visible()
+    for metric in ("total_loss", "lr", "bbox/AP"):
+        assert page.locator("[data-testid='experiment-view-compare-runs-card']").filter(
+            has_text=metric).count() >= 1, f"no chart for {metric}"
+    # GenAI-only navigation is absent in the Model training view.
+    for genai_item in ("Judges", "Prompts", "Sessions"):
+        assert page.get_by_role("link", name=genai_item, exact=True).count() == 0
+    assert_not_blank(shot)
+
+
+def test_run_artifacts_show_the_annotated_prediction(page, tracked_run):
+    page.goto(tracked_run["run_url"])
+    page.get_by_text(RUN_NAME, exact=True).first.wait_for()
+    page.get_by_text("Artifacts", exact=True).first.click()
+    page.get_by_text("predictions", exact=True).click()
+    page.get_by_text("val_000.png", exact=True).click()
+    image = page.locator("img[src^='blob:']").filter(visible=True).first
+    image.wait_for()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [480, 320]
+    shot = save_screenshot(page, "03-run-artifacts-prediction")
+
+    assert_not_blank(shot)
+    assert count_box_pixels(shot, image.bounding_box()) > 500, "the annotation boxes are not on screen"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "cvops.registry.log_model_and_register creates the LoggedModel in MLflow's default experiment "
+    "(mlflow.models.Model.log resolves the experiment from the fluent API, not from run_id), where a "
+    "plain user only has READ: 403 on /api/2.0/mlflow/logged-models. Reported to the SDK owner."))
+def test_registered_model_lists_the_version_from_the_run(page, tracked_run, tracking_server):
+    from cvops import registry
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+        env.setenv("MLFLOW_TRACKING_USERNAME", tracked_run["credentials"][0])
+        env.setenv("MLFLOW_TRACKING_PASSWORD", tracked_run["credentials"][1])
+        version = registry.log_model_and_register(
+            tracked_run["run"], IdentityModel(), "pyfunc",
+            registered_model_name=f"{MODEL_NAME_PREFIX}-{tracked_run['experiment']}", pip_requirements=[],
+        )
+    page.goto(f"{tracking_server.url}/#/models/{version.name}?{MODEL_TRAINING_VIEW}")
+    page.get_by_text(version.name).first.wait_for()
+    page.get_by_role("link", name=f"Version {version.version}").first.wait_for()
+    save_screenshot(page, "04-registered-model")
+
+
+def test_experiments_list_shows_the_new_experiment(page, tracked_run, tracking_server):
+    page.goto(f"{tracking_server.url}/#/experiments?{MODEL_TRAINING_VIEW}")
+    page.get_by_role("link", name=tracked_run["experiment"]).wait_for()
+    save_screenshot(page, "01-experiments-list")
