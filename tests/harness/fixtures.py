@@ -316,7 +316,10 @@ class TrackingServer:
         return (self.admin_username, self.admin_password)
 
     def create_user(self, name: str, password: str) -> None:
-        """Create a (non-admin) user through MLflow's auth REST API, as an admin would."""
+        """Create a (non-admin) user through MLflow's auth REST API, as an admin would.
+
+        MLflow requires passwords of at least 12 characters.
+        """
         response = requests.post(
             f"{self.url}/api/2.0/mlflow/users/create",
             json={"username": name, "password": password}, auth=self.admin_auth, timeout=30,
@@ -329,7 +332,7 @@ class TrackingServer:
 
 
 @pytest.fixture(scope="session")
-def _harness_root(tmp_path_factory) -> Path:
+def _harness_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="cvops-harness-"))
     os.chmod(root, 0o755)  # the unprivileged PostgreSQL user must traverse it
     yield root
@@ -382,8 +385,16 @@ def tracking_server(tracking_server_factory) -> TrackingServer:
     return tracking_server_factory()
 
 
+# What a client must NOT need: the server alone talks to S3.
+CLIENT_S3_VARIABLES = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                       "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+
+
 @pytest.fixture
 def tracking_env(tracking_server, monkeypatch) -> TrackingServer:
+    """The session server's admin login in MLFLOW_TRACKING_*, and no S3 settings (like a laptop)."""
+    for name in CLIENT_S3_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", tracking_server.admin_username)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", tracking_server.admin_password)

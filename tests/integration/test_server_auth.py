@@ -67,6 +67,21 @@ def test_non_owner_can_read_but_not_edit_another_users_experiment(tracking_serve
     assert call(tracking_server, "POST", "/experiments/update", auth=owner, json=rename).status_code == 200
 
 
+def test_admin_grant_lets_a_teammate_edit(tracking_server, users):
+    owner, other = users["owner"], users["other"]
+    experiment_id = call(tracking_server, "POST", "/experiments/create", auth=owner,
+                         json={"name": f"shared-{uuid.uuid4().hex[:8]}"}).json()["experiment_id"]
+    rename = {"experiment_id": experiment_id, "new_name": f"renamed-{uuid.uuid4().hex[:8]}"}
+    assert call(tracking_server, "POST", "/experiments/update", auth=other, json=rename).status_code == 403
+
+    granted = requests.post(f"{tracking_server.url}/api/3.0/mlflow/users/permissions/grant",
+                            auth=tracking_server.admin_auth, timeout=30,
+                            json={"username": other[0], "resource_type": "experiment",
+                                  "resource_id": experiment_id, "permission": "EDIT"})
+    assert granted.status_code == 200, granted.text
+    assert call(tracking_server, "POST", "/experiments/update", auth=other, json=rename).status_code == 200
+
+
 def test_only_admins_create_users(tracking_server, users):
     response = call(tracking_server, "POST", "/users/create", auth=users["other"],
                     json={"username": f"sneaky-{uuid.uuid4().hex[:6]}", "password": "long-enough-password"})
