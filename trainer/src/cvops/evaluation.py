@@ -291,7 +291,7 @@ def draw_detections(
     dashed-looking thin outline) on an RGB image (HWC uint8/float array or PIL); returns PIL."""
     from PIL import ImageDraw
 
-    canvas = _to_pil_rgb(image)
+    canvas = to_pil_rgb(image)
     draw = ImageDraw.Draw(canvas)
     if ground_truth is not None:
         for box in ground_truth.boxes:
@@ -315,7 +315,8 @@ def _corners(box: np.ndarray) -> list[float]:
     return [x1, y1, x2, y2]
 
 
-def _to_pil_rgb(image: Any):
+def to_pil_rgb(image: Any):
+    """RGB PIL image from PIL, HWC or CHW arrays (uint8, or floats in [0, 1])."""
     from PIL import Image
 
     if isinstance(image, Image.Image):

@@ -1,0 +1,330 @@
+"""Detectron2 adapter: a trainer hook and an event writer.
+
+Hook (recommended; logs config, scalars, images, evaluation, outcome and the model)::
+
+    class Trainer(DefaultTrainer):
+        def build_hooks(self):
+            hooks = super().build_hooks()
+            # Before the PeriodicWriter (the last default hook): it must see storage images
+            # before TensorBoard's writer clears them; after EvalHook: it sees the final eval.
+            hooks.insert(-1, CvopsHook(run, registered_model_name="vehicles-frcnn"))
+            return hooks
+
+Writer (scalars and images only, on PeriodicWriter's schedule)::
+
+        def build_writers(self):
+            return [CvopsWriter(run), *super().build_writers()]   # first: sees images before TB
+
+Both read ``EventStorage.latest_with_smoothing_hint()`` like detectron2's JSONWriter and forward
+only iterations not sent before (step = the trainer iteration). Both subclass detectron2's
+``HookBase``/``EventWriter`` when detectron2 is importable (``register_hooks`` and
+``PeriodicWriter`` check that); without detectron2 the hook works with any trainer that has
+HookBase's interface (``iter``, ``max_iter``, ``storage``, ``cfg``). Only the main process logs.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import mlflow.pyfunc
+import numpy as np
+
+import cvops
+from cvops import evaluation
+from cvops.evaluation import Detections
+from cvops.integrations import _pyfunc
+from cvops.integrations._common import never_raises, require
+
+log = logging.getLogger(__name__)
+
+_HAVE_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
+if _HAVE_DETECTRON2:
+    from detectron2.engine.train_loop import HookBase as _HookBase
+    from detectron2.utils.events import EventWriter as _EventWriter
+else:
+
+    class _HookBase:  # detectron2.engine.HookBase's interface: every call a trainer makes
+        trainer = None
+
+        def before_train(self): ...
+        def after_train(self): ...
+        def before_step(self): ...
+        def after_backward(self): ...
+        def after_step(self): ...
+        def state_dict(self):
+            return {}
+
+    _EventWriter = object
+
+
+def _is_main_process() -> bool:
+    if not _HAVE_DETECTRON2:
+        return True
+    from detectron2.utils import comm
+
+    return comm.is_main_process()
+
+
+def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A yacs ``CfgNode`` (a dict) as ``SOLVER.BASE_LR``-style params."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """``trainer.test()`` results ``{"bbox": {"AP": 41.2, "AP-car": nan}}`` as ``bbox/AP``
+    metrics, the names EvalHook puts into the storage (0-100 scale; NaN kept)."""
+    flat: dict[str, float] = {}
+    for key, value in results.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_results(value, f"{name}/"))
+        elif isinstance(value, (int, float, np.floating, np.integer)):
+            flat[name] = float(value)
+    return flat
+
+
+def _image_array(image: Any) -> np.ndarray:
+    if hasattr(image, "detach"):
+        image = image.detach().cpu().numpy()
+    return np.asarray(image)
+
+
+def _artifact_slug(name: str) -> str:
+    # visualize_training names images "Left: GT bounding boxes;  Right: Predicted proposals".
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "image"
+
+
+class StorageForwarder:
+    """Forwards what an ``EventStorage`` holds to a Run, once: scalars of iterations not yet
+    sent (per name: evaluation scalars arrive at other iterations than losses) and images."""
+
+    def __init__(self, run: Any, window_size: int = 20) -> None:
+        self.run = run
+        self.window_size = window_size
+        self._last_iter: dict[str, int] = {}
+        self._images_sent: set[tuple[str, int]] = set()
+
+    def forward(self, storage: Any) -> None:
+        by_iter: dict[int, dict[str, float]] = {}
+        for name, (value, iteration) in storage.latest_with_smoothing_hint(self.window_size).items():
+            if iteration <= self._last_iter.get(name, -1):
+                continue
+            self._last_iter[name] = iteration
+            by_iter.setdefault(int(iteration), {})[cvops.sanitize_metric_name(name)] = float(value)
+        for iteration, metrics in sorted(by_iter.items()):
+            self.run.log_metrics(metrics, step=iteration)
+        self._forward_images(storage)
+
+    def _forward_images(self, storage: Any) -> None:
+        latest = -1
+        for name, image, iteration in list(getattr(storage, "_vis_data", ())):
+            latest = max(latest, iteration)
+            if (name, iteration) in self._images_sent:
+                continue  # no TensorBoard writer cleared it since the last forward
+            self._images_sent.add((name, iteration))
+            # put_image takes CHW RGB, floats in [0, 1] or uint8.
+            self.run.log_image(evaluation.to_pil_rgb(_image_array(image)), f"images/{_artifact_slug(name)}/iter_{iteration:07d}.png")
+        self._images_sent = {key for key in self._images_sent if key[1] >= latest}
+
+
+class CvopsWriter(_EventWriter):
+    """An ``EventWriter`` for ``build_writers``: scalars and images on PeriodicWriter's schedule."""
+
+    def __init__(self, run: Any, window_size: int = 20) -> None:
+        self._forwarder = StorageForwarder(run, window_size) if _is_main_process() else None
+
+    @never_raises
+    def write(self) -> None:
+        if self._forwarder is None:
+            return
+        events = require("detectron2.utils.events", extra="detectron2")
+        self._forwarder.forward(events.get_event_storage())
+
+    def close(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.run.flush()
+
+
+class CvopsHook(_HookBase):
+    """A ``HookBase`` for ``DefaultTrainer``: config as params and ``config.yaml``; scalars and
+    images every ``period`` iterations and at the end; then the outcome, evaluator JSON files,
+    ``model_final.pth`` as a registered pyfunc detector and drawn sample predictions."""
+
+    def __init__(
+        self,
+        run: Any,
+        *,
+        period: int = 20,
+        window_size: int = 20,
+        log_model: bool = True,
+        registered_model_name: str | None = None,
+        sample_images: Sequence[np.ndarray] = (),
+        class_names: Sequence[str] = (),
+    ) -> None:
+        if period < 1:
+            raise ValueError(f"period must be >= 1, got {period}")
+        self.run = run
+        self.period = period
+        self.log_model = log_model
+        self.registered_model_name = registered_model_name
+        self.sample_images = list(sample_images)
+        self.class_names = list(class_names)
+        self._main = _is_main_process()
+        self._forwarder = StorageForwarder(run, window_size)
+
+    @never_raises
+    def before_train(self) -> None:
+        if not self._main:
+            return
+        self.run.set_tags({"framework": "detectron2"})
+        cfg = getattr(self.trainer, "cfg", None)
+        if cfg is not None:
+            self.run.log_params(flatten_config(cfg))
+            self.run.log_text(_dump_config(cfg), "config.yaml")
+            backbone = cfg.get("MODEL", {}).get("BACKBONE", {}).get("NAME")
+            if backbone:
+                self.run.set_tags({"backbone": str(backbone)})
+        self._warn_if_after_periodic_writer()
+
+    def _warn_if_after_periodic_writer(self) -> None:
+        hooks = list(getattr(self.trainer, "_hooks", ()))
+        names = [type(hook).__name__ for hook in hooks]
+        if self in hooks and "PeriodicWriter" in names[: hooks.index(self)]:
+            log.warning(
+                "cvops: CvopsHook runs after PeriodicWriter, whose TensorBoard writer clears storage images "
+                "first: register it with hooks.insert(-1, hook) in build_hooks to log images"
+            )
+
+    @never_raises
+    def after_step(self) -> None:
+        iteration = self.trainer.iter
+        if self._main and ((iteration + 1) % self.period == 0 or iteration == self.trainer.max_iter - 1):
+            self._forwarder.forward(self.trainer.storage)
+
+    @never_raises
+    def after_train(self) -> None:
+        if not self._main:
+            return
+        self._forwarder.forward(self.trainer.storage)  # includes EvalHook's final evaluation
+        # TrainerBase.train: "self.iter == max_iter can be used by after_train to tell whether
+        # the training successfully finished or failed due to exceptions".
+        finished = self.trainer.iter >= self.trainer.max_iter
+        self.run.set_tags({"training_outcome": "finished" if finished else f"failed at iteration {self.trainer.iter}"})
+        if not finished:
+            return
+        output_dir = self._output_dir()
+        if output_dir is not None:
+            for path in sorted((output_dir / "inference").glob("*.json")) + sorted(output_dir.glob("metrics.json")):
+                self.run.log_artifact(str(path), artifact_path="evaluation")
+            weights = output_dir / "model_final.pth"
+            if self.log_model and weights.is_file():
+                log_detectron2_model(
+                    self.run,
+                    weights,
+                    _dump_config(self.trainer.cfg),
+                    registered_model_name=self.registered_model_name,
+                )
+        if self.sample_images:
+            self._log_samples()
+        self.run.flush()
+
+    def log_evaluation(self, results: Mapping[str, Any], step: int | None = None) -> None:
+        """For results of ``trainer.test(cfg, model)`` run outside EvalHook."""
+        step = self.trainer.iter if step is None else step
+        self.run.log_metrics({cvops.sanitize_metric_name(k): v for k, v in flatten_results(results).items()}, step=step)
+
+    def _output_dir(self) -> Path | None:
+        cfg = getattr(self.trainer, "cfg", None)
+        output_dir = cfg.get("OUTPUT_DIR") if cfg is not None else None
+        return Path(output_dir) if output_dir else None
+
+    def _log_samples(self) -> None:
+        """Draw the trained model's predictions with detectron2's documented model I/O
+        (list of {"image": CHW tensor in cfg.INPUT.FORMAT, "height", "width"} -> "instances")."""
+        torch = require("torch", extra="detectron2")
+        model = self.trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for index, image in enumerate(self.sample_images):
+                    found = _instances_to_detections(model([_model_input(image, self.trainer.cfg, torch)])[0])
+                    drawn = evaluation.draw_detections(image, found, self.class_names)
+                    self.run.log_image(drawn, f"samples/{index:02d}.png")
+        finally:
+            model.train(was_training)
+
+
+def _model_input(image: np.ndarray, cfg: Any, torch: Any) -> dict[str, Any]:
+    fmt = cfg.get("INPUT", {}).get("FORMAT", "BGR")
+    pixels = image[:, :, ::-1] if fmt == "BGR" else image
+    tensor = torch.as_tensor(np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype("float32"))
+    return {"image": tensor, "height": image.shape[0], "width": image.shape[1]}
+
+
+def _instances_to_detections(output: Mapping[str, Any]) -> Detections:
+    instances = output["instances"].to("cpu")
+    return Detections(
+        boxes=instances.pred_boxes.tensor.numpy(),
+        classes=instances.pred_classes.numpy(),
+        scores=instances.scores.numpy(),
+    )
+
+
+def _dump_config(cfg: Any) -> str:
+    if hasattr(cfg, "dump"):
+        return cfg.dump()
+    import yaml
+
+    return yaml.safe_dump(dict(cfg), sort_keys=False)
+
+
+class Detectron2Detector(mlflow.pyfunc.PythonModel):
+    """``model_final.pth`` + ``config.yaml`` served as a pyfunc: RGB images in, boxes in pixels
+    (x1, y1, x2, y2), scores and classes out (see cvops.integrations._pyfunc). Preprocessing
+    (resize, channel order) and postprocessing (rescale to the input size) are detectron2's
+    ``DefaultPredictor``."""
+
+    def load_context(self, context) -> None:
+        require("detectron2", extra="detectron2")
+        import torch
+        from detectron2.config import get_cfg
+        from detectron2.engine import DefaultPredictor
+
+        cfg = get_cfg()
+        cfg.set_new_allowed(True)
+        cfg.merge_from_file(context.artifacts["config"])
+        cfg.MODEL.WEIGHTS = context.artifacts["weights"]
+        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+        self._predictor = DefaultPredictor(cfg)
+
+    def predict(self, context, model_input, params=None):
+        images = _pyfunc.images_from_model_input(model_input)
+        # DefaultPredictor takes BGR (OpenCV order) and converts to cfg.INPUT.FORMAT itself.
+        return _pyfunc.detections_frame(
+            [_instances_to_detections(self._predictor(image[:, :, ::-1])) for image in images]
+        )
+
+
+def log_detectron2_model(
+    run: Any, weights: str | Path, config_yaml: str, *, registered_model_name: str | None = None
+):
+    config_path = Path(weights).with_name("cvops_model_config.yaml")
+    config_path.write_text(config_yaml)
+    return _pyfunc.log_detector(
+        run,
+        Detectron2Detector(),
+        artifacts={"weights": str(weights), "config": str(config_path)},
+        registered_model_name=registered_model_name,
+        extra_pip_requirements=["torch", "detectron2"],
+    )
