@@ -1,0 +1,205 @@
+"""End to end: build the keras trainer image, `cvops submit` the keras example against the
+compose stack, and check the run the way a user would in MLflow.
+
+Stand-ins: the image is built on offline/python:3.11-slim (CPU TensorFlow from PyPI) instead of
+the official TensorFlow GPU image; the stack is the compose tier's (moto S3 for MinIO). The
+job trains for real, on generated data, on the CPU.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.compose, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO_ROOT / "trainer" / "examples"
+IMAGE = "cvops-compose-test/trainer-keras:local"
+BUILD_TIMEOUT_S = 1800
+
+
+@pytest.fixture(scope="module")
+def keras_image(compose_stack):
+    base = compose_stack.settings["BASE_IMAGE"]
+    done = subprocess.run(
+        ["docker", "build", "-f", "trainer/images/keras/Dockerfile", "--build-arg", f"BASE_IMAGE={base}",
+         "-t", IMAGE, "trainer"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+    )
+    assert done.returncode == 0, f"keras image build failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    # Not under pytest's tmp_path: that is private to this user (0700) and the job runs as uid 10001.
+    root = Path(tempfile.mkdtemp(prefix="cvops-shapes-"))
+    root.chmod(0o755)
+    out = root / "shapes"
+    subprocess.run(
+        [sys.executable, str(EXAMPLES / "make_shapes.py"), str(out), "--max-objects", "1", "--tfrecord", "off"],
+        check=True, capture_output=True, timeout=300,
+    )
+    yield out
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack_network(compose_stack):
+    ids = compose_stack.compose("ps", "-q", "mlflow").stdout.split()
+    networks = compose_stack.run("docker", "inspect", "--format",
+                                 "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}", ids[0])
+    return networks.stdout.split()[0]
+
+
+@pytest.fixture
+def submitter(compose_stack, stack_network, tmp_path):
+    """`cvops <command>` as a user on this host: the stack's URL and admin login in the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CVOPS_"))}
+    env.update(HOME=str(tmp_path), MLFLOW_TRACKING_URI=compose_stack.url,
+               MLFLOW_TRACKING_USERNAME=compose_stack.admin_username,
+               MLFLOW_TRACKING_PASSWORD=compose_stack.admin_password)
+
+    def cvops(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cvops", *args], env=env, capture_output=True, text=True,
+                              timeout=timeout, cwd=tmp_path)
+
+    cvops.network = stack_network
+    return cvops
+
+
+@pytest.fixture
+def mlflow_client(compose_stack, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", compose_stack.admin_username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", compose_stack.admin_password)
+    return MlflowClient(tracking_uri=compose_stack.url)
+
+
+def job_file(tmp_path: Path, image: str, data: Path, **changes) -> Path:
+    """The shipped example with this test's image, data and names."""
+    spec = yaml.safe_load((EXAMPLES / "keras" / "job.yaml").read_text())
+    spec.update(image=image, code=str(EXAMPLES / "keras"))
+    spec["datasets"][0]["source"] = str(data)
+    spec.update(changes)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_id_from(stderr: str) -> str:
+    for line in stderr.splitlines():
+        if line.startswith("[cvops] run ") and "/#/experiments/" in line:
+            return line.split()[2]
+    raise AssertionError(f"no run link printed:\n{stderr}")
+
+
+def test_submit_keras_example_tracks_a_finished_run(keras_image, shapes, submitter, mlflow_client, tmp_path):
+    suffix = uuid.uuid4().hex[:6]
+    model_name = f"shapes-keras-{suffix}"
+    spec = yaml.safe_load((EXAMPLES / "keras" / "job.yaml").read_text())
+    command = [arg if arg != "shapes-keras" else model_name for arg in spec["command"]]
+    path = job_file(tmp_path, keras_image, shapes, experiment=f"submit-e2e-{suffix}", command=command)
+
+    done = submitter("submit", str(path), "--network", submitter.network)
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+    run_id = run_id_from(done.stderr)
+    assert "Epoch 25/25" in done.stdout  # the container's log was streamed
+    assert "validation: mAP" in done.stdout
+    assert f"run {run_id} FINISHED · exit code 0" in done.stderr
+
+    run = mlflow_client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    head = subprocess.run(["git", "-C", str(EXAMPLES / "keras"), "rev-parse", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert tags["git_commit"] == head
+    assert tags["image"].startswith(keras_image)  # the SDK appends @<digest>
+    image_id = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", keras_image],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert tags["image_digest"] == image_id
+    assert tags["framework"] == "keras" and tags["team"] == "vision"
+
+    history = mlflow_client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(25))
+    assert history[-1].value < history[0].value
+    batch_steps = [m.step for m in mlflow_client.get_metric_history(run_id, "batch/loss")]
+    assert len(batch_steps) > 10 and batch_steps == sorted(batch_steps)
+    assert run.data.metrics["eval/AP50"] > 50  # a trained detector, not chance
+
+    artifacts = {a.path for a in mlflow_client.list_artifacts(run_id)}
+    assert {"model", "evaluation"} <= artifacts, artifacts
+    assert "evaluation/per_class_ap.json" in {a.path for a in mlflow_client.list_artifacts(run_id, "evaluation")}
+
+    versions = mlflow_client.search_model_versions(f"name = '{model_name}'")
+    assert [v.run_id for v in versions] == [run_id]
+
+    listed = submitter("ps", "--all")
+    assert run_id[:12] in listed.stdout and "exited (0)" in listed.stdout
+    logs = submitter("logs", run_id[:12])
+    assert logs.returncode == 0 and "Epoch 25/25" in logs.stdout
+
+
+def test_a_crashing_job_exits_with_its_code_and_its_run_fails(keras_image, shapes, submitter, mlflow_client, tmp_path):
+    command = ["python3", "-c", "import sys; print('loading data'); sys.exit(3)"]
+    path = job_file(tmp_path, keras_image, shapes, experiment=f"submit-e2e-{uuid.uuid4().hex[:6]}", command=command)
+    done = submitter("submit", str(path), "--network", submitter.network, timeout=300)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "loading data" in done.stdout
+    run = mlflow_client.get_run(run_id_from(done.stderr))
+    assert run.info.status == "FAILED"
+    assert run.data.tags["cvops.exit_code"] == "3"
+
+
+def test_bad_job_file_fails_before_anything_runs(submitter, tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("framework: keras\nimage: x\ncommand: [x]\nexperiment: e\ngpus: lots\n")
+    done = submitter("submit", str(path), timeout=60)
+    assert done.returncode == 2
+    assert "gpus: 'lots' is not a GPU request" in done.stderr
+
+
+def test_stop_ends_a_detached_job_as_killed(keras_image, shapes, submitter, mlflow_client, tmp_path):
+    command = ["python3", "-c", "import time; print('training', flush=True); time.sleep(600)"]
+    path = job_file(tmp_path, keras_image, shapes, experiment=f"submit-e2e-{uuid.uuid4().hex[:6]}", command=command)
+    done = submitter("submit", "--detach", str(path), "--network", submitter.network, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_id = run_id_from(done.stderr)
+    assert run_id[:12] in submitter("ps").stdout
+    stopped = submitter("stop", run_id[:12], "--timeout", "20", timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    run = mlflow_client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["cvops.exit_code"] == "143"  # SIGTERM reached the job through `cvops train`
+    assert run_id[:12] not in submitter("ps").stdout
+
+
+def test_train_profile_has_one_service_per_image():
+    """`docker compose run --rm trainer-<framework> …` works without cvops submit: the services
+    exist only under the `train` profile, build the Dockerfiles from a swappable BASE_IMAGE and
+    reach the stack's server."""
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed")
+    env = {**os.environ, "POSTGRES_PASSWORD": "x", "S3_ACCESS_KEY": "x", "S3_SECRET_KEY": "x",
+           "MLFLOW_ADMIN_PASSWORD": "x", "MLFLOW_FLASK_SERVER_SECRET_KEY": "x", "KERAS_BASE_IMAGE": "offline/python:3.11-slim"}
+    done = subprocess.run([compose, "--profile", "train", "config"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    for framework in ("keras", "detectron2", "tfod"):
+        service = services[f"trainer-{framework}"]
+        assert service["profiles"] == ["train"]
+        assert service["build"]["dockerfile"] == f"images/{framework}/Dockerfile"
+        assert "BASE_IMAGE" in service["build"]["args"]
+        assert service["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert services["trainer-keras"]["build"]["args"]["BASE_IMAGE"] == "offline/python:3.11-slim"
