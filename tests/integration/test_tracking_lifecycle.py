@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 import cvops
 from cvops.tracking.system import start_system_metrics
+from tests.integration.sdk_env import use_sdk_env
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +25,9 @@ SCHEMA_TAGS = ("task", "framework", "backbone", "dataset", "env", "team", "git_c
 
 
 @pytest.fixture
-def sdk_env(tracking_env, tmp_path, monkeypatch):
-    """The session server, a private spool and cache, a fast flush interval."""
-    monkeypatch.setenv("CVOPS_SPOOL_DIR", str(tmp_path / "spool"))
-    monkeypatch.setenv("CVOPS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("CVOPS_FLUSH_INTERVAL_S", "0.2")
-    monkeypatch.setenv("CVOPS_SYSTEM_METRICS", "0")
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    return tracking_env
+def sdk_env(tracking_server, tmp_path, monkeypatch):
+    use_sdk_env(monkeypatch, tracking_server, tmp_path)
+    return tracking_server
 
 
 @pytest.fixture

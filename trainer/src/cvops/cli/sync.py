@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 def find_spools(path: Path) -> list[Path]:
     if (path / "segments").is_dir():
         return [path]
-    return sorted(p for p in path.iterdir() if (p / "segments").is_dir()) if path.is_dir() else []
+    return sorted(p for p in path.iterdir() if (p / "segments").is_dir())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,10 +42,13 @@ def run(args: argparse.Namespace) -> int:
     if not tracking_uri:
         print("cvops sync: no server: set MLFLOW_TRACKING_URI or pass --tracking-uri", file=sys.stderr)
         return 2
+    if not args.spool.is_dir():
+        print(f"cvops sync: {args.spool} is not a directory", file=sys.stderr)
+        return 2
     spools = find_spools(args.spool)
     if not spools:
-        print(f"cvops sync: {args.spool} holds no cvops spool (no segments/ directory)", file=sys.stderr)
-        return 2
+        print(f"cvops sync: nothing to sync in {args.spool}", file=sys.stderr)
+        return 0
     failed = 0
     for spool_dir in spools:
         failed += not sync_spool(spool_dir, tracking_uri, settings.request_timeout_s)

@@ -355,10 +355,8 @@ class Run:
                            run_name=run_name, tags=tags, parent=self)
 
     def flush(self, timeout_s: float = 30) -> bool:
-        """Wait until everything logged so far is on the server (True) or ``timeout_s`` passes.
-
-        During an outage it returns False as soon as the data is safely spooled on disk.
-        """
+        """Wait until everything logged so far is on the server (True) or ``timeout_s`` passes
+        (False; the data is safe in the spool and keeps being retried)."""
         return self._worker.flush(timeout_s)
 
     def end(self, status: str = FINISHED, flush: bool = True) -> None:

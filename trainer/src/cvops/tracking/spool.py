@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -74,6 +75,7 @@ class Spool:
         # A new writer never appends to an old segment: its last line may be torn by a crash.
         self._write_segment = (existing[-1] if existing else 0) + 1
         self._writer = None
+        self._append_lock = threading.Lock()  # the exit path may append while the worker is stuck
         self._artifact_counter = len(list(self.artifacts_dir.iterdir()))
         self.staging_dir = self.directory / "staging"
         self.staging_dir.mkdir(exist_ok=True)
@@ -92,6 +94,10 @@ class Spool:
 
     def append(self, records: list[dict]) -> int:
         """Write ``records`` durably (one fsync); return how many were dropped for lack of room."""
+        with self._append_lock:
+            return self._append(records)
+
+    def _append(self, records: list[dict]) -> int:
         lines = []
         for record in records:
             line = (json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n").encode()

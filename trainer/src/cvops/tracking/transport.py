@@ -30,6 +30,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND_MODEL_TRAINING = "custom_model_development"
 
 _TRANSIENT_STATUS = {401, 403, 408, 425, 429}
+_STALE_CONNECTION_MARKERS = ("Connection aborted", "RemoteDisconnected", "Connection reset by peer", "BrokenPipe")
 
 
 class TransportError(Exception):
@@ -67,11 +68,17 @@ class Transport:
 
     # ----------------------------------------------------------------- plumbing
     def _request(self, creds, endpoint: str, method: str, **kwargs) -> requests.Response:
-        try:
-            response = http_request(creds, endpoint, method, max_retries=0, backoff_factor=0,
-                                    timeout=self.timeout_s, **kwargs)
-        except (requests.RequestException, MlflowException, OSError) as exc:
-            raise Transient(f"{method} {endpoint}: {_reason(exc)}") from exc
+        for attempt in (1, 2):
+            try:
+                response = http_request(creds, endpoint, method, max_retries=0, backoff_factor=0,
+                                        timeout=self.timeout_s, **kwargs)
+                break
+            except (requests.RequestException, MlflowException, OSError) as exc:
+                # After a server restart the pooled keep-alive connections are dead; the first
+                # request on each fails at once. One immediate retry opens a fresh connection.
+                stale = any(marker in str(exc) for marker in _STALE_CONNECTION_MARKERS)
+                if attempt == 2 or not stale or "data" in kwargs:
+                    raise Transient(f"{method} {endpoint}: {_reason(exc)}") from exc
         if response.status_code >= 500 or response.status_code in _TRANSIENT_STATUS:
             raise Transient(f"{method} {endpoint}: HTTP {response.status_code} {response.text[:200]}")
         if response.status_code >= 400:

@@ -34,7 +34,9 @@ _BACKOFF_MAX_S = 5.0
 class _FlushRequest:
     done: threading.Event = field(default_factory=threading.Event)
     sent: bool = False
-    try_server: bool = True  # False: only make the records durable (the server is known to be away)
+    # Patient: keep retrying (with the outage backoff) until sent or the caller gives up.
+    # Impatient: one immediate attempt, then answer.
+    patient: bool = True
 
 
 class Worker:
@@ -53,6 +55,7 @@ class Worker:
         self._retry_at = 0.0
         self._backoff_s = _BACKOFF_START_S
         self._dropped_in_memory = 0
+        self._waiting_flushes: list[_FlushRequest] = []
         self._warned_spool_full = False
         self._warned_artifact_not_snapshotted = False
         self._thread = threading.Thread(target=self._loop, name="cvops-tracking-worker", daemon=True)
@@ -70,17 +73,19 @@ class Worker:
             return
         self._inbox.put(record)
 
-    def flush(self, timeout_s: float, try_server: bool = True) -> bool:
-        """Wait until everything enqueued so far is on the server; False on timeout or outage.
+    def flush(self, timeout_s: float, patient: bool = True) -> bool:
+        """Wait until everything enqueued so far is on the server; False if that took over ``timeout_s``.
 
-        During an outage this returns as soon as the records are safely in the spool.
+        Either way the records are on disk in the spool when this returns (unless the disk itself
+        is slower than ``timeout_s``). ``patient=False`` makes one attempt instead of retrying.
         """
         if not self._thread.is_alive():
             return False
-        request = _FlushRequest(try_server=try_server)
+        request = _FlushRequest(patient=patient)
         self._inbox.put(request)
         self._wake.set()
         request.done.wait(timeout_s)
+        request.done.set()  # tells the worker nobody waits any more
         return request.sent
 
     @property
@@ -89,13 +94,19 @@ class Worker:
 
     def close(self, timeout_s: float) -> bool:
         """Flush (bounded), stop the thread, and remove the spool if everything was sent."""
-        # When the last attempt failed, one more would only wait out a timeout at exit.
-        sent = self.flush(timeout_s, try_server=self.online)
+        # In an outage one quick attempt is enough at exit: a dead server must not cost the full wait.
+        sent = self.flush(timeout_s, patient=self.online)
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=max(1.0, min(timeout_s, 5.0)))
         if self._thread.is_alive():
-            return False  # still busy in a request: leave the spool alone, it stays replayable
+            # Stuck in a request to a hung server: make the last records durable from here; the
+            # spool stays for the next replay.
+            records, _ = self._drain_inbox()
+            self._spool_records(records)
+            log.warning("cvops: the tracking server did not answer in time; unsent data is kept in %s. "
+                        "Upload it later with: cvops sync %s", self.spool.directory, self.spool.directory)
+            return False
         removed = self.spool.close(remove_if_drained=True)
         lost = self.spool.dropped + self._dropped_in_memory
         if lost:
@@ -123,7 +134,7 @@ class Worker:
     def _cycle_final(self) -> None:
         records, flushes = self._drain_inbox()
         self._spool_records(records)
-        for request in flushes:
+        for request in flushes + self._waiting_flushes:
             request.done.set()
 
     def _drain_inbox(self) -> tuple[list[dict], list[_FlushRequest]]:
@@ -166,15 +177,19 @@ class Worker:
     def _cycle(self) -> None:
         records, flushes = self._drain_inbox()
         self._spool_records(records)
+        self._waiting_flushes = [r for r in self._waiting_flushes if not r.done.is_set()]
         retry_due = self._offline_since is None or time.monotonic() >= self._retry_at
-        if not retry_due and not any(request.try_server for request in flushes):
-            for request in flushes:
-                request.done.set()
+        if not (retry_due or flushes):
             return
         sent_all = self._replay()
-        for request in flushes:
-            request.sent = sent_all
-            request.done.set()
+        for request in flushes + self._waiting_flushes:
+            if sent_all or not request.patient:
+                request.sent = sent_all
+                request.done.set()
+            elif request not in self._waiting_flushes:
+                self._waiting_flushes.append(request)
+        if sent_all:
+            self._waiting_flushes = []
 
     def _replay(self) -> bool:
         try:

@@ -1,0 +1,109 @@
+"""Model registry: log + register, aliases, the promotion gate, the model card (real server)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+import cvops
+from cvops import registry
+from cvops.registry import Gate
+from tests.integration.sdk_env import use_sdk_env
+
+pytestmark = pytest.mark.integration
+
+GATES = [Gate("bbox/AP", higher_is_better=True, min_value=30.0),
+         Gate("latency_p95_ms", higher_is_better=False, max_value=50.0)]
+
+
+def _pyfunc_model():
+    """A stand-in detector with a real pyfunc interface (no framework needed)."""
+    import mlflow.pyfunc
+
+    class Model(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    return Model()
+
+
+@pytest.fixture
+def sdk_env(tracking_server, tmp_path, monkeypatch):
+    use_sdk_env(monkeypatch, tracking_server, tmp_path)
+    return tracking_server
+
+
+def _train_and_register(model_name, ap, latency, tmp_path):
+    data = tmp_path / "val"
+    data.mkdir(exist_ok=True)
+    (data / "img.jpg").write_bytes(b"jpeg")
+    with cvops.start_run(experiment="sdk-registry", tags={"task": "detection", "framework": "pyfunc"}) as run:
+        run.log_dataset(data, name="val-mini", context="evaluation")
+        run.log_metrics({"bbox/AP": ap, "latency_p95_ms": latency})
+        version = registry.log_model_and_register(run, _pyfunc_model(), "pyfunc", registered_model_name=model_name,
+                                                  input_example=np.zeros((2, 3), dtype="float32"))
+    return version
+
+
+def test_promotion_gate_moves_the_alias_only_when_every_gate_passes(sdk_env, tmp_path):
+    client = MlflowClient(sdk_env.url)
+    name = "sdk-gate-detector"
+
+    first = _train_and_register(name, ap=40.0, latency=20.0, tmp_path=tmp_path)
+    decision = registry.promote(name, first.version, GATES, client=client)
+    assert decision.promoted and decision.champion_version is None  # bounds only: no champion yet
+    assert client.get_model_version_by_alias(name, "champion").version == first.version
+
+    worse_ap = _train_and_register(name, ap=39.0, latency=20.0, tmp_path=tmp_path)
+    decision = registry.promote(name, worse_ap.version, GATES, client=client)
+    assert not decision.promoted and decision.champion_version == first.version
+    failed = {c.metric: c for c in decision.checks if not c.passed}
+    assert set(failed) == {"bbox/AP"} and failed["bbox/AP"].champion == 40.0
+    assert client.get_model_version_by_alias(name, "champion").version == first.version
+
+    too_slow = _train_and_register(name, ap=45.0, latency=80.0, tmp_path=tmp_path)
+    decision = registry.promote(name, too_slow.version, GATES, client=client)
+    assert not decision.promoted and "maximum" in decision.summary()
+
+    better = _train_and_register(name, ap=41.0, latency=15.0, tmp_path=tmp_path)
+    assert not registry.promote(name, better.version, GATES, client=client, dry_run=True).promoted
+    decision = registry.promote(name, better.version, GATES, client=client)
+    assert decision.promoted, decision.summary()
+    assert client.get_model_version_by_alias(name, "champion").version == better.version
+    assert '"promoted": true' in client.get_model_version(name, better.version).tags[registry.DECISION_TAG]
+
+    tolerant = [Gate("bbox/AP", min_improvement=-1.0)]  # accept up to 1 AP regression
+    slightly_worse = _train_and_register(name, ap=40.5, latency=15.0, tmp_path=tmp_path)
+    assert registry.promote(name, slightly_worse.version, tolerant, client=client).promoted
+
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    assert model.metadata.signature is not None  # inferred from the input example
+
+
+def test_model_card_describes_data_metrics_and_setup(sdk_env, tmp_path):
+    client = MlflowClient(sdk_env.url)
+    data = tmp_path / "train"
+    data.mkdir()
+    (data / "img.jpg").write_bytes(b"jpeg")
+    with cvops.start_run(experiment="sdk-registry", tags={"task": "detection", "backbone": "R50"}) as run:
+        run.log_dataset(data, name="train-mini")
+        run.log_metrics({"bbox/AP": 42.0})
+        version = registry.log_model_and_register(run, _pyfunc_model(), "pyfunc", registered_model_name="sdk-card",
+                                                  input_example=np.zeros((1, 3), dtype="float32"))
+        card = registry.log_model_card(run, intended_use="Counting parcels on conveyor belts.",
+                                       limitations="Not evaluated at night.", registered_version=version)
+    for expected in ("## Intended use", "Counting parcels", "## Training data", "train-mini",
+                     "## Metrics", "bbox/AP", "42", "## Limitations", "Not evaluated at night", "R50",
+                     "models:/sdk-card/1"):
+        assert expected in card
+    stored = client.download_artifacts(run.run_id, registry.MODEL_CARD_FILE, str(tmp_path))
+    assert open(stored).read() == card
+    assert "Counting parcels" in client.get_model_version("sdk-card", version.version).description
+
+
+def test_registering_needs_a_tracked_run(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(RuntimeError, match="tracked run"):
+        registry.log_model_and_register(cvops.start_run(), object(), "pyfunc", registered_model_name="x")
