@@ -241,8 +241,9 @@ def check_tls(probe: Probe) -> CheckResult:
             f"TLS handshake failed: {_short(error)}",
             "is this port serving plain HTTP? try the http:// URL or the proxy's port",
         )
-    days_left = (ssl.cert_time_to_seconds(certificate["notAfter"]) - time.time()) / 86400
-    expires = time.strftime("%Y-%m-%d", time.gmtime(ssl.cert_time_to_seconds(certificate["notAfter"])))
+    not_after = ssl.cert_time_to_seconds(certificate["notAfter"])
+    days_left = (not_after - time.time()) / 86400
+    expires = time.strftime("%Y-%m-%d", time.gmtime(not_after))
     if days_left < CERT_EXPIRY_WARNING_DAYS:
         return result(
             Status.WARN,
