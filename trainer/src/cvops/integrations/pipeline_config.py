@@ -141,6 +141,18 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def _oneof_params(params: dict[str, Any], name: str, field_prefix: str, message: Any) -> dict[str, Any]:
+    """``params[name] = <chosen type>`` plus its scalar settings as ``<field_prefix>.<key>``;
+    returns the chosen message (for nested oneofs such as the optimizer's learning rate)."""
+    chosen_type, chosen = _only(message)
+    if chosen_type:
+        params[name] = chosen_type
+        for key, value in chosen.items():
+            if not isinstance(value, (dict, list)):
+                params[f"{field_prefix}.{key}"] = value
+    return chosen
+
+
 def summarize(config: dict[str, Any]) -> dict[str, Any]:
     """The settings runs are compared by, flat, under stable names (absent ones are omitted)."""
     params: dict[str, Any] = {}
@@ -148,30 +160,14 @@ def summarize(config: dict[str, Any]) -> dict[str, Any]:
     if architecture:
         params["meta_architecture"] = architecture
     params["num_classes"] = model.get("num_classes")
-    resizer_type, resizer = _only(model.get("image_resizer"))
-    if resizer_type:
-        params["image_resizer"] = resizer_type
-        for key, value in resizer.items():
-            if not isinstance(value, (dict, list)):
-                params[f"image_resizer.{key}"] = value
-    extractor = model.get("feature_extractor", {})
-    params["feature_extractor"] = extractor.get("type")
+    _oneof_params(params, "image_resizer", "image_resizer", model.get("image_resizer"))
+    params["feature_extractor"] = model.get("feature_extractor", {}).get("type")
     train = config.get("train_config", {})
     for key in ("batch_size", "num_steps", "fine_tune_checkpoint", "fine_tune_checkpoint_type", "use_bfloat16"):
         params[key] = train.get(key)
-    optimizer_type, optimizer = _only(train.get("optimizer"))
     params["optimizer.use_moving_average"] = train.get("optimizer", {}).get("use_moving_average")
-    if optimizer_type:
-        params["optimizer"] = optimizer_type
-        for key, value in optimizer.items():
-            if not isinstance(value, (dict, list)):
-                params[f"optimizer.{key}"] = value
-        schedule_type, schedule = _only(optimizer.get("learning_rate"))
-        if schedule_type:
-            params["learning_rate_schedule"] = schedule_type
-            for key, value in schedule.items():
-                if not isinstance(value, (dict, list)):
-                    params[f"learning_rate.{key}"] = value
+    optimizer = _oneof_params(params, "optimizer", "optimizer", train.get("optimizer"))
+    _oneof_params(params, "learning_rate_schedule", "learning_rate", optimizer.get("learning_rate"))
     augmentations = [_only(option)[0] for option in _as_list(train.get("data_augmentation_options"))]
     if augmentations:
         params["data_augmentation_options"] = ",".join(augmentations)
