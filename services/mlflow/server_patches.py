@@ -8,14 +8,22 @@ network), which team members' machines cannot reach: downloads hang for minutes,
 So the server (1) advertises no multipart support and (2) answers the presigned/multipart
 endpoints with MLflow's own "not supported" errors (HTTP 501), which clients that force
 MLFLOW_ENABLE_PROXY_MULTIPART_* on treat as "use the proxy". Every byte flows through the
-tracking server and a client needs nothing but the tracking URL; the server streams uploads to S3
-itself (multipart, server-side), so multi-GB files still work.
+tracking server and a client needs nothing but the tracking URL.
+
+Streamed uploads. MLflow 3.17.2 spools each proxied upload to a temp file and only then sends it to
+S3, so a multi-GB checkpoint needs that much free disk in the container and takes receive time
+plus S3 time. Registering an S3 repository with MLflow's StreamUploadMixin makes the upload handler
+pass the request body straight to boto3's multipart upload (parts of 8 MB in memory).
 """
 
 import functools
+import posixpath
 
 from mlflow import exceptions
 from mlflow.server import handlers
+from mlflow.store.artifact.artifact_repo import StreamUploadMixin
+from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
 from mlflow.utils.server_info import (
     SERVER_INFO_MULTIPART_DOWNLOADS_ENABLED,
     SERVER_INFO_MULTIPART_UPLOADS_ENABLED,
@@ -48,6 +56,33 @@ def _refuse(exception_class):
     return validate
 
 
+class _UploadFromStream:
+    """Looks like a boto3 client to S3ArtifactRepository._upload_file, uploads from a stream.
+
+    Going through _upload_file keeps MLflow's upload policy (content type from the file name,
+    bucket-owner parameters, MLFLOW_S3_UPLOAD_EXTRA_ARGS) in one place.
+    """
+
+    def __init__(self, s3_client, stream):
+        self._s3_client = s3_client
+        self._stream = stream
+
+    def upload_file(self, Filename, Bucket, Key, ExtraArgs):  # noqa: N803 (boto3's names)
+        self._s3_client.upload_fileobj(self._stream, Bucket, Key, ExtraArgs=ExtraArgs)
+
+
+class StreamingS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
+    def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
+        bucket, key = self.parse_s3_compliant_uri(self.artifact_uri)
+        key = posixpath.join(key, artifact_path or "", posixpath.basename(artifact_file_name))
+        self._upload_file(s3_client=_UploadFromStream(self._get_s3_client(), stream),
+                          local_file=artifact_file_name, bucket=bucket, key=key)
+
+    async def log_artifact_from_async_stream(self, chunks, artifact_file_name, artifact_path=None):
+        # Only MLflow's FastAPI (uvicorn) artifact router calls this; cvops serves the Flask app.
+        raise NotImplementedError("cvops serves MLflow's Flask app under gunicorn")
+
+
 def apply():
     if getattr(handlers, "_cvops_patched", False):
         return
@@ -56,4 +91,5 @@ def apply():
             raise RuntimeError(f"mlflow.server.handlers.{name} is gone: review server_patches.py")
         setattr(handlers, name, _refuse(exception_class))
     handlers.build_server_info_payload = _without_presigned_transfers(handlers.build_server_info_payload)
+    _artifact_repository_registry.register("s3", StreamingS3ArtifactRepository)
     handlers._cvops_patched = True

@@ -177,6 +177,21 @@ def test_client_forcing_presigned_transfers_falls_back_to_the_proxy(tracking_ser
     assert "X-Amz-Signature" not in s3.log_file.read_text(errors="replace")
 
 
+@pytest.mark.parametrize("size", [0, 1, 9 * 1024**2 + 7], ids=["empty", "one-byte", "over-one-part"])
+def test_proxied_upload_streams_any_size_to_s3(tracking_server, s3, size):
+    """Uploads stream straight into S3 (no temp-file spool); sizes around the 8 MB part edge."""
+    payload = os.urandom(size)
+    path = f"stream-probe/{size}/nested/metrics.json"
+    url = f"{tracking_server.url}/api/2.0/mlflow-artifacts/artifacts/{path}"
+    put = requests.put(url, data=payload, auth=tracking_server.admin_auth, timeout=120)
+    assert put.status_code == 200, put.text
+    assert requests.get(url, auth=tracking_server.admin_auth, timeout=120).content == payload
+    prefix = tracking_server.artifacts_destination.split("/", 3)[3]
+    stored = s3.client().get_object(Bucket=s3.bucket, Key=f"{prefix}/{path}")
+    assert stored["Body"].read() == payload
+    assert stored["ContentType"] == "application/json"  # MLflow's upload policy still applies
+
+
 def test_direct_s3_throughput_for_comparison(s3, big_artifact, tmp_path):
     """Not a check: the same file straight to the S3 endpoint with boto3, for the report."""
     client = s3.client()
