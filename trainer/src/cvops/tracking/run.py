@@ -159,11 +159,12 @@ class Run:
     enabled = True
 
     def __init__(self, session: _Session, key: str, experiment_id: str | None, existing_params: dict[str, str],
-                 parent: Run | None = None):
+                 parent: Run | None = None, experiment_name: str | None = None):
         self._session = session
         self._worker = session.worker
         self._key = key
         self._experiment_id = experiment_id
+        self._experiment_name = experiment_name  # lets children of an offline run find its experiment
         self._parent = parent
         self._names = parent._names if parent else NameRegistry()
         self._params: dict[str, str] = dict(existing_params)
@@ -351,7 +352,7 @@ class Run:
     # ----------------------------------------------------------------- structure and lifecycle
     def child(self, run_name: str, tags: Mapping[str, Any] | None = None) -> Run:
         """A nested run (a pipeline stage); ``with run.child("evaluate") as stage: ...``."""
-        return _create_run(self._session, experiment=None, experiment_id=self._experiment_id,
+        return _create_run(self._session, experiment=self._experiment_name, experiment_id=self._experiment_id,
                            run_name=run_name, tags=tags, parent=self)
 
     def flush(self, timeout_s: float = 30) -> bool:
@@ -457,7 +458,7 @@ def _create_run(session: _Session, experiment: str | None, experiment_id: str | 
         session.worker.submit({"op": "create_run", "run": key, "experiment": experiment,
                                "experiment_id": experiment_id, "run_name": run_name, "tags": all_tags,
                                "start_ms": start_ms, "parent": parent._key if parent else None})
-    return Run(session, key, experiment_id, existing_params={}, parent=parent)
+    return Run(session, key, experiment_id, existing_params={}, parent=parent, experiment_name=experiment)
 
 
 def _resume_run(session: _Session, run_id: str, tags: dict[str, str]) -> Run:
