@@ -85,6 +85,13 @@ class IdentityModel(mlflow.pyfunc.PythonModel):
         return model_input
 
 
+def with_model_training_view(url: str) -> str:
+    """The run link as cvops prints it, with the view parameter added if the SDK left it out."""
+    if "workflowType=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{MODEL_TRAINING_VIEW}"
+
+
 @pytest.fixture(scope="module")
 def tracked_run(tracking_server, team_member):
     """One training run logged by the cvops SDK as the team member, like a job would."""
@@ -109,7 +116,7 @@ def tracked_run(tracking_server, team_member):
         "run": run, "experiment": experiment, "credentials": team_member,
         "experiment_url": (f"{tracking_server.url}/#/experiments/{run.experiment_id}/runs?"
                            f"{MODEL_TRAINING_VIEW}&compareRunsMode=CHART"),
-        "run_url": f"{run.ui_url}?{MODEL_TRAINING_VIEW}",
+        "run_url": with_model_training_view(run.ui_url),
     }
 
 
