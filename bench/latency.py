@@ -26,12 +26,14 @@ from bench.server_prototype import prototype_entrypoint
 from bench.stack import VENV_BIN, Endpoint, Stack
 
 WARMUP_CALLS = 5
+BLOCK_CALLS = 10
 
 
 def _operations(client, run_id: str, experiment_id: str):
+    """Each op takes a call number that is unique per server (params are write-once)."""
     return {
-        "log_metric": lambda i: client.log_metric(run_id, "loss", 0.5 + i * 1e-3, step=i + WARMUP_CALLS),
-        "log_param": lambda i: client.log_param(run_id, f"param_{i + WARMUP_CALLS}", str(i)),
+        "log_metric": lambda i: client.log_metric(run_id, "loss", 0.5 + i * 1e-3, step=i),
+        "log_param": lambda i: client.log_param(run_id, f"param_{i}", str(i)),
         "set_tag": lambda i: client.set_tag(run_id, f"tag_{i % 50}", str(i)),
         "get_run": lambda i: client.get_run(run_id),
         "search_runs": lambda i: client.search_runs([experiment_id], max_results=10),
@@ -55,33 +57,42 @@ def _raw_operations(endpoint: Endpoint, run_id: str):
 
 
 def _prepare(endpoint: Endpoint):
-    """The timed operations for one server, each bound to its own experiment and run."""
+    """The timed operations for one server, each bound to its own experiment and run, warmed up."""
     from mlflow import MlflowClient
 
     with endpoint.as_client():
         client = MlflowClient(tracking_uri=endpoint.url)
         experiment_id = client.create_experiment(f"latency-{endpoint.name}-{uuid.uuid4().hex[:8]}")
         run_id = client.create_run(experiment_id).info.run_id
-    return {**_operations(client, run_id, experiment_id), **_raw_operations(endpoint, run_id)}
+        ops = {**_operations(client, run_id, experiment_id), **_raw_operations(endpoint, run_id)}
+        for op in ops.values():
+            for i in range(WARMUP_CALLS):
+                op(-1 - i)
+    return ops
 
 
 def measure(endpoints: list[Endpoint], calls: int, seconds: float) -> dict[str, dict[str, list[float]]]:
-    """Interleave the servers call by call, so load from other processes on a shared machine
-    falls on every server alike instead of on whichever happened to run during a busy spell."""
+    """Rotate the servers in blocks of back-to-back calls.
+
+    Back to back, because that is how a client's calls arrive and it is what exposes per-
+    connection effects (TCP delayed ACKs once the kernel sees a request/response ping-pong);
+    rotating, so load from other processes on a shared machine falls on every server alike. The
+    first call of each block follows an idle connection and is not counted.
+    """
     ops = {e.name: _prepare(e) for e in endpoints}
     samples = {e.name: {op: [] for op in ops[e.name]} for e in endpoints}
     for op in ops[endpoints[0].name]:
         deadline = Deadline(seconds)
-        for i in range(-WARMUP_CALLS, calls):
+        for block_start in range(0, calls, BLOCK_CALLS):
             if deadline.passed:
                 break
             for endpoint in endpoints:
                 with endpoint.as_client():
-                    t0 = time.perf_counter()
-                    ops[endpoint.name][op](i)
-                    elapsed_ms = (time.perf_counter() - t0) * 1000
-                if i >= 0:
-                    samples[endpoint.name][op].append(elapsed_ms)
+                    for i in range(block_start, block_start + BLOCK_CALLS + 1):
+                        t0 = time.perf_counter()
+                        ops[endpoint.name][op](i + block_start // BLOCK_CALLS)
+                        if i > block_start:
+                            samples[endpoint.name][op].append((time.perf_counter() - t0) * 1000)
     return samples
 
 

@@ -107,6 +107,32 @@ class Prober:
                             self.delays_ms.append(now_ms - int(point["timestamp"]))
 
 
+class ConnectionSampler:
+    """Peak PostgreSQL connections per database while trainers run (checks the sizing formula)."""
+
+    def __init__(self, stack: Stack):
+        self._conn = stack.postgres.connect()
+        self._conn.autocommit = True
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        with self._conn.cursor() as cur:
+            while not self._stop.wait(1.0):
+                cur.execute("SELECT datname, count(*) FROM pg_stat_activity WHERE datname IS NOT NULL "
+                            "GROUP BY datname")
+                for name, count in cur.fetchall():
+                    self.peak[name] = max(self.peak.get(name, 0), count)
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join(10)
+        self._conn.close()
+        return self.peak
+
+
 def _stored_points(stack: Stack, run_ids: list[str]) -> int:
     with contextlib.closing(stack.tracking_db()) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM metrics WHERE run_uuid = ANY(%s) AND key LIKE 'metric\\_%%'",
@@ -146,6 +172,7 @@ def run_trainers(stack: Stack, endpoint: Endpoint, trainers: int, seconds: float
     tracebacks_before = _server_log_tracebacks(stack, endpoint)
     stored_before = _stored_points(stack, run_ids)
     server_cpu.start(), pg_cpu.start(), prober.start()
+    connections = ConnectionSampler(stack)
     t0 = time.monotonic()
     go.set()
     time.sleep(seconds)
@@ -160,6 +187,7 @@ def run_trainers(stack: Stack, endpoint: Endpoint, trainers: int, seconds: float
             message = results.get(timeout=5)
             (done if message[0] == "done" else failures).append(message)
     prober.stop()
+    peak_connections = connections.stop()
     for p in procs:
         p.join(10)
         if p.is_alive():
@@ -174,8 +202,13 @@ def run_trainers(stack: Stack, endpoint: Endpoint, trainers: int, seconds: float
         "delay_p50_ms": median(prober.delays_ms), "delay_p95_ms": percentile(prober.delays_ms, 95),
         "delay_samples": len(prober.delays_ms),
         "log_metrics_p99_blocked_ms": max((m[5] for m in done), default=float("nan")),
-        "server_cores": server_cores, "postgres_cores": pg_cores,
+        "server_cores": server_cores, "postgres_cores": pg_cores, "peak_connections": peak_connections,
     }
+
+
+def _server_connections(result: dict) -> int:
+    """Connections to the tracking and auth databases (the sampler's own is to 'postgres')."""
+    return sum(n for name, n in result["peak_connections"].items() if name.startswith("mlflow_bench"))
 
 
 def log_batch_reference(endpoint: Endpoint, batches: int, seconds: float) -> float:
@@ -214,7 +247,7 @@ def main() -> None:
 
     headers = ["trainers", "offered /s", "stock metrics/s", "ours metrics/s", "ratio",
                "stock p95 delay ms", "ours p95 delay ms", "stock errors", "ours errors",
-               "stock CPU (server+PG cores)", "ours CPU (server+PG cores)"]
+               "stock CPU (server+PG cores)", "ours CPU (server+PG cores)", "peak PG connections stock/ours"]
     rows = []
     for s, o in zip(results["stock"], results["ours"]):
         errors = lambda r: f"{r['lost']} lost, {r['failed_trainers']} failed, {r['server_tracebacks']} tracebacks"
@@ -222,7 +255,8 @@ def main() -> None:
                      f"{o['sustained_per_s']:.0f}", ratio(o["sustained_per_s"], s["sustained_per_s"]),
                      f"{s['delay_p95_ms']:.0f}", f"{o['delay_p95_ms']:.0f}", errors(s), errors(o),
                      f"{s['server_cores']:.2f}+{s['postgres_cores']:.2f}",
-                     f"{o['server_cores']:.2f}+{o['postgres_cores']:.2f}"])
+                     f"{o['server_cores']:.2f}+{o['postgres_cores']:.2f}",
+                     f"{_server_connections(s)}/{_server_connections(o)}"])
     table = print_table(f"Concurrent cvops trainers, {METRICS_PER_STEP} metrics every "
                         f"{STEP_INTERVAL_S * 1000:.0f} ms, {seconds:.0f} s window", headers, rows)
     ref = print_table("Single client log_batch(1000 metrics) back to back",
