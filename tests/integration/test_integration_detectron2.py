@@ -233,8 +233,10 @@ def test_hook_logs_config_scalars_images_evaluation_and_registers_the_model(kind
 
     (version,) = client.search_model_versions(f"name='{model_name}'")
     assert version.run_id == run_id
-    model_files = {f.path for f in client.list_artifacts(run_id, "model/artifacts")}
-    assert model_files == {"model/artifacts/model_final.pth", "model/artifacts/cvops_model_config.yaml"}
+    model_dir = mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version.version}", dst_path=str(tmp_path / "model"))
+    assert (tmp_path / "model" / "artifacts" / "model_final.pth").read_bytes() == b"stand-in weights"
+    assert yaml.safe_load((tmp_path / "model" / "artifacts" / "cvops_model_config.yaml").read_text())["SOLVER"]["BASE_LR"] == 0.02
+    assert (tmp_path / "model" / "code" / "cvops" / "integrations" / "detectron2.py").is_file(), model_dir
     if kind == "standin":
         # Serving it needs detectron2 itself, and says how to get it.
         with pytest.raises(Exception, match="detectron2"):

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import io
 import logging
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -67,78 +66,52 @@ def _cvops_code_path() -> str:
     return str(Path(cvops.__file__).parent)
 
 
-def save_detector(path: Path, python_model: Any, artifacts: dict[str, str], extra_pip_requirements: Sequence[str]) -> None:
-    import mlflow.pyfunc
+def log_detector(
+    run: Any,
+    python_model: Any,
+    *,
+    artifacts: dict[str, str],
+    registered_model_name: str,
+    extra_pip_requirements: Sequence[str] = (),
+):
+    """Log a detector PythonModel with its files and register it (cvops.registry)."""
+    from cvops import registry
 
-    mlflow.pyfunc.save_model(
-        str(path),
-        python_model=python_model,
+    version = registry.log_model_and_register(
+        run,
+        python_model,
+        "pyfunc",
+        registered_model_name=registered_model_name,
         artifacts=artifacts,
         code_paths=[_cvops_code_path()],
         extra_pip_requirements=list(extra_pip_requirements),
     )
+    log.info("cvops: registered %s version %s", version.name, version.version)
+    return version
 
 
-def save_keras_model(path: Path, model: Any, input_example: Any) -> None:
+def log_keras_model(run: Any, model: Any, *, input_example: Any, registered_model_name: str):
+    """Log a Keras model (``mlflow.tensorflow`` on the TensorFlow backend, Keras 2 and 3;
+    ``mlflow.keras`` on other Keras 3 backends) with a signature inferred from ``input_example`` and the model's output on it,
+    and register it (cvops.registry)."""
     import keras
     from mlflow.models import infer_signature
+
+    from cvops import registry
 
     signature = None
     if input_example is not None:
         output = model(input_example, training=False)
         output = {k: np.asarray(v) for k, v in output.items()} if isinstance(output, dict) else np.asarray(output)
         signature = infer_signature(np.asarray(input_example), output)
-    if int(keras.__version__.split(".")[0]) >= 3:
-        import mlflow.keras as flavor
-
-        path.mkdir(parents=True)  # mlflow.keras.save_model writes into an existing directory
-    else:  # Keras 2 is tf.keras: the tensorflow flavor
-        import mlflow.tensorflow as flavor
-    flavor.save_model(model, str(path), signature=signature, input_example=input_example)
-
-
-def log_model(
-    run: Any,
-    save: Callable[[Path], None],
-    *,
-    registered_model_name: str | None = None,
-    artifact_path: str = "model",
-) -> None:
-    """Save an MLflow model locally with ``save(path)``, log the directory as the run's
-    ``artifact_path`` and register it. The staging directory is left for the Run's worker to
-    snapshot (it uploads in the background)."""
-    staging = Path(tempfile.mkdtemp(prefix="cvops-model-")) / artifact_path
-    save(staging)
-    run.log_artifacts(str(staging), artifact_path=artifact_path)
-    if registered_model_name:
-        register_logged_model(run, artifact_path, registered_model_name)
-
-
-def register_logged_model(run: Any, artifact_path: str, registered_model_name: str) -> None:
-    import mlflow
-
-    if not run.enabled:
-        return
-    if not run.flush() or run.run_id is None:
-        log.warning(
-            "cvops: the server did not take the model yet; %r is not registered (run `cvops sync`, then register "
-            "runs:/<run_id>/%s)", registered_model_name, artifact_path,
-        )
-        return
-    version = mlflow.register_model(f"runs:/{run.run_id}/{artifact_path}", registered_model_name)
-    log.info("cvops: registered %s version %s", registered_model_name, version.version)
-
-
-def log_detector(
-    run: Any,
-    python_model: Any,
-    *,
-    artifacts: dict[str, str],
-    registered_model_name: str | None = None,
-    extra_pip_requirements: Sequence[str] = (),
-) -> None:
-    log_model(
-        run,
-        lambda path: save_detector(path, python_model, artifacts, extra_pip_requirements),
-        registered_model_name=registered_model_name,
+    if keras.backend.backend() == "tensorflow":  # Keras 2 (tf.keras) or Keras 3 on TensorFlow
+        flavor, example = "tensorflow", input_example
+    else:
+        # MLflow 3.17's mlflow.keras.save_model writes the input example before it creates the
+        # model directory, so logging one fails; the signature still describes the input.
+        flavor, example = "keras", None
+    version = registry.log_model_and_register(
+        run, model, flavor, registered_model_name=registered_model_name, signature=signature, input_example=example
     )
+    log.info("cvops: registered %s version %s", version.name, version.version)
+    return version

@@ -158,7 +158,8 @@ class CvopsWriter(_EventWriter):
 class CvopsHook(_HookBase):
     """A ``HookBase`` for ``DefaultTrainer``: config as params and ``config.yaml``; scalars and
     images every ``period`` iterations and at the end; then the outcome, evaluator JSON files,
-    ``model_final.pth`` as a registered pyfunc detector and drawn sample predictions."""
+    ``model_final.pth`` as a pyfunc detector registered as ``registered_model_name`` (when
+    given) and drawn sample predictions."""
 
     def __init__(
         self,
@@ -166,7 +167,6 @@ class CvopsHook(_HookBase):
         *,
         period: int = 20,
         window_size: int = 20,
-        log_model: bool = True,
         registered_model_name: str | None = None,
         sample_images: Sequence[np.ndarray] = (),
         class_names: Sequence[str] = (),
@@ -175,7 +175,6 @@ class CvopsHook(_HookBase):
             raise ValueError(f"period must be >= 1, got {period}")
         self.run = run
         self.period = period
-        self.log_model = log_model
         self.registered_model_name = registered_model_name
         self.sample_images = list(sample_images)
         self.class_names = list(class_names)
@@ -227,7 +226,7 @@ class CvopsHook(_HookBase):
             for path in sorted((output_dir / "inference").glob("*.json")) + sorted(output_dir.glob("metrics.json")):
                 self.run.log_artifact(str(path), artifact_path="evaluation")
             weights = output_dir / "model_final.pth"
-            if self.log_model and weights.is_file():
+            if self.registered_model_name and weights.is_file():
                 log_detectron2_model(
                     self.run,
                     weights,
@@ -316,9 +315,7 @@ class Detectron2Detector(mlflow.pyfunc.PythonModel):
         )
 
 
-def log_detectron2_model(
-    run: Any, weights: str | Path, config_yaml: str, *, registered_model_name: str | None = None
-):
+def log_detectron2_model(run: Any, weights: str | Path, config_yaml: str, *, registered_model_name: str):
     config_path = Path(weights).with_name("cvops_model_config.yaml")
     config_path.write_text(config_yaml)
     return _pyfunc.log_detector(

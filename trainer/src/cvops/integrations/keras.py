@@ -27,6 +27,7 @@ import numpy as np
 
 from cvops import evaluation
 from cvops.evaluation import Detections
+from cvops.integrations import _pyfunc
 from cvops.integrations._common import never_raises, require
 
 keras = require("keras", extra="keras")
@@ -82,7 +83,8 @@ class CvopsCallback(keras.callbacks.Callback):
     (model output -> list of Detections; default :func:`decode_box_dict`) and ``class_names``
     turns on per-epoch drawn predictions; ``evaluation_data=(images, ground_truth)`` turns on
     the end-of-training evaluation; ``input_example`` (defaults to the first sample images)
-    gives the logged model its signature."""
+    gives the logged model its signature. The trained model is logged and registered when
+    ``registered_model_name`` is given."""
 
     def __init__(
         self,
@@ -90,7 +92,6 @@ class CvopsCallback(keras.callbacks.Callback):
         *,
         log_every_n_steps: int = 50,
         registered_model_name: str | None = None,
-        log_model: bool = True,
         input_example: Any = None,
         sample_images: np.ndarray | None = None,
         decode_predictions: Callable[[Any], Sequence[Detections]] = decode_box_dict,
@@ -107,7 +108,6 @@ class CvopsCallback(keras.callbacks.Callback):
         self.run = run
         self.log_every_n_steps = log_every_n_steps
         self.registered_model_name = registered_model_name
-        self.log_model = log_model
         self.sample_images = sample_images
         self.input_example = input_example if input_example is not None else (
             sample_images[:2] if sample_images is not None else None
@@ -190,8 +190,8 @@ class CvopsCallback(keras.callbacks.Callback):
     def on_train_end(self, logs=None) -> None:
         if self.evaluation_data is not None:
             self._evaluate()
-        if self.log_model and not self._defer_to_autolog:
-            log_keras_model(
+        if self.registered_model_name and not self._defer_to_autolog:
+            _pyfunc.log_keras_model(
                 self.run, self.model, input_example=self.input_example, registered_model_name=self.registered_model_name
             )
 
@@ -206,15 +206,3 @@ class CvopsCallback(keras.callbacks.Callback):
         )
         report = evaluation.measure_latency(self._predict, batches, warmup_batches=min(1, len(batches) - 1))
         evaluation.log_latency(self.run, report, step=self._global_step)
-
-
-def log_keras_model(run: Any, model: Any, *, input_example: Any = None, registered_model_name: str | None = None):
-    """Log a Keras model as an MLflow model (signature inferred from ``input_example`` and the
-    model's output on it) and register it when ``registered_model_name`` is given."""
-    from cvops.integrations import _pyfunc
-
-    _pyfunc.log_model(
-        run,
-        lambda path: _pyfunc.save_keras_model(path, model, input_example),
-        registered_model_name=registered_model_name,
-    )

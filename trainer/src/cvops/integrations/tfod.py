@@ -236,8 +236,8 @@ class TFODBridge:
         registered_model_name: str | None = None,
         input_type: str = "image_tensor",
     ) -> Path:
-        """Run ``exporter_main_v2.py`` on the latest checkpoint, log ``saved_model/`` as an MLflow
-        pyfunc detector and register it (when ``registered_model_name`` is given)."""
+        """Run ``exporter_main_v2.py`` on the latest checkpoint; with ``registered_model_name``,
+        log ``saved_model/`` as an MLflow pyfunc detector and register it."""
         output_directory = Path(output_directory)
         subprocess.run(
             [
@@ -253,7 +253,8 @@ class TFODBridge:
         saved_model = output_directory / "saved_model"
         if not (saved_model / "saved_model.pb").is_file():
             raise FileNotFoundError(f"exporter finished but wrote no {saved_model}/saved_model.pb")
-        log_saved_model_detector(self.run, saved_model, registered_model_name=registered_model_name)
+        if registered_model_name:
+            log_saved_model_detector(self.run, saved_model, registered_model_name=registered_model_name)
         return saved_model
 
 
@@ -297,8 +298,8 @@ class SavedModelDetector(mlflow.pyfunc.PythonModel):
         return _pyfunc.detections_frame(detections)
 
 
-def log_saved_model_detector(run: Any, saved_model: str | Path, *, registered_model_name: str | None = None) -> None:
-    _pyfunc.log_detector(
+def log_saved_model_detector(run: Any, saved_model: str | Path, *, registered_model_name: str):
+    return _pyfunc.log_detector(
         run,
         SavedModelDetector(),
         artifacts={"saved_model": str(saved_model)},
