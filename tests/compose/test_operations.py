@@ -1,0 +1,61 @@
+"""infra/backup.sh, restore.sh and upgrade.sh against the running compose project.
+
+The S3 stand-in (moto) keeps objects in memory: a restarted S3 container comes back empty, like a
+MinIO whose volume was deleted. So `down -v` here really wipes both the database volume and every
+object, and restore.sh must not restart the S3 service after uploading (it does not: it only
+starts it when it is not running).
+"""
+
+import os
+
+import pytest
+
+# Each test restarts the server at least once (about a minute each on a busy 2-core machine).
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
+
+
+def _log_a_run(stack, tmp_path, name: str) -> str:
+    artifact = tmp_path / name
+    artifact.write_bytes(os.urandom(2 * 2**20))
+    return stack.client("log", str(artifact))["run_id"]
+
+
+def test_backup_wipe_restore_returns_identical_runs_and_artifacts(compose_stack, tmp_path):
+    stack = compose_stack
+    run_id = _log_a_run(stack, tmp_path, "checkpoint.pth")
+    before = stack.client("snapshot", str(tmp_path / "before"))
+    assert run_id in before
+
+    backup = stack.run("bash", "infra/backup.sh").stdout
+    backups = sorted((stack.work_dir / "backups").glob("cvops-*"))
+    assert backups and backups[-1].is_dir(), backup
+    assert {p.name for p in backups[-1].iterdir()} >= {"mlflow.dump", "mlflow_auth.dump", "manifest.txt",
+                                                      "SHA256SUMS", "artifacts"}
+
+    stack.down()
+    stack.up()
+    assert stack.client("snapshot", str(tmp_path / "wiped")) == {}, "down -v left data behind"
+
+    stack.run("bash", "infra/restore.sh", "--yes", str(backups[-1]))
+    assert stack.client("snapshot", str(tmp_path / "after")) == before
+
+
+def test_restore_refuses_an_incomplete_backup_without_touching_the_stack(compose_stack, tmp_path):
+    (tmp_path / "broken").mkdir()
+    result = compose_stack.run("bash", "infra/restore.sh", "--yes", str(tmp_path / "broken"), check=False)
+    assert result.returncode != 0
+    assert "not a complete backup" in result.stderr
+    assert compose_stack.container_state("mlflow")["Health"]["Status"] == "healthy"
+
+
+def test_upgrade_backs_up_migrates_and_keeps_every_run(compose_stack, tmp_path):
+    stack = compose_stack
+    _log_a_run(stack, tmp_path, "before-upgrade.pth")
+    before = stack.client("snapshot", str(tmp_path / "before"))
+    backups_before = set((stack.work_dir / "backups").glob("cvops-*"))
+
+    # --no-pull: no registry is reachable here; the build and migrate steps still run for real.
+    stack.run("bash", "infra/upgrade.sh", "--no-pull")
+
+    assert set((stack.work_dir / "backups").glob("cvops-*")) - backups_before, "upgrade made no backup"
+    assert stack.client("snapshot", str(tmp_path / "after")) == before
