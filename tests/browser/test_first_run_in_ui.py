@@ -209,6 +209,25 @@ def test_experiment_opens_on_runs_and_training_charts(page, tracked_run):
     assert_not_blank(shot)
 
 
+def test_the_experiment_tag_alone_does_not_choose_the_view(page, tracked_run, tracking_server):
+    """Why cvops links carry ``workflowType``: MLflow 3.17.2 ignores ``mlflow.experimentKind``.
+
+    The experiment is tagged as model training, yet a plain link opened in a browser that has
+    never chosen lands on the GenAI overview. If the server starts giving new browsers a Model
+    training default (docs/onboarding.md), this expectation flips to the runs view.
+    """
+    from mlflow.tracking import MlflowClient
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_USERNAME", tracked_run["credentials"][0])
+        env.setenv("MLFLOW_TRACKING_PASSWORD", tracked_run["credentials"][1])
+        tags = MlflowClient(tracking_server.url).get_experiment(tracked_run["run"].experiment_id).tags
+    assert tags.get("mlflow.experimentKind") == "custom_model_development"
+    page.goto(f"{tracking_server.url}/#/experiments/{tracked_run['run'].experiment_id}")
+    page.wait_for_url("**workflowType=genai**")
+    assert "/overview" in page.url
+
+
 def test_run_artifacts_show_the_annotated_prediction(page, tracked_run):
     page.goto(tracked_run["run_url"])
     page.get_by_text(RUN_NAME, exact=True).first.wait_for()
