@@ -39,7 +39,8 @@ else
 fi
 
 step "Build the server and storage-init images"
-compose build
+# Named: a bare `build` would also build the training images of the `train` profile.
+compose build storage-init mlflow
 
 step "Stop the server (clients retry/spool while it is down)"
 compose stop mlflow
