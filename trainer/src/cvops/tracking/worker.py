@@ -76,8 +76,8 @@ class Worker:
     def flush(self, timeout_s: float, patient: bool = True) -> bool:
         """Wait until everything enqueued so far is on the server; False if that took over ``timeout_s``.
 
-        Either way the records are on disk in the spool when this returns (unless the disk itself
-        is slower than ``timeout_s``). ``patient=False`` makes one attempt instead of retrying.
+        Whatever the answer, the worker writes the records to the disk spool within one flush
+        interval. ``patient=False`` makes one attempt instead of retrying through an outage.
         """
         if not self._thread.is_alive():
             return False
