@@ -180,7 +180,7 @@ def compose_stack(tmp_path_factory):
                         "../shared/docker-offline/setup.sh, or set {variable} to an image you have)")
     try:
         started = time.monotonic()
-        stack.compose("build")
+        stack.compose("build", "storage-init", "mlflow")
         print(f"\n[compose] images built in {time.monotonic() - started:.1f} s")
         stack.time_to_healthy_s = stack.up()
         print(f"[compose] `up -d` to all healthy: {stack.time_to_healthy_s:.1f} s (project {stack.project})")
