@@ -71,9 +71,9 @@ def test_a_30s_outage_mid_run_loses_and_duplicates_nothing(tracking_server_facto
 class DelayingProxy:
     """A TCP proxy that holds every server→client chunk for ``delay_s``: a slow, overloaded server."""
 
-    def __init__(self, upstream_port: int, delay_s: float):
+    def __init__(self, upstream_port: int, delay_s: float, port: int = 0):
         self.upstream_port, self.delay_s = upstream_port, delay_s
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server(("127.0.0.1", port))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -198,3 +198,34 @@ def test_replaying_records_the_server_already_has_stores_them_once(tracking_serv
     Replayer(again, transport).step(limit=10_000)
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(3000))
     assert client.get_run(run_id).data.params == {"lr": "0.1"}
+
+
+def test_a_new_run_sends_what_an_earlier_offline_process_left_behind(tracking_server, tmp_path, monkeypatch):
+    port = free_port()  # the server's address, unreachable until the proxy opens it
+    use_sdk_env(monkeypatch, tracking_server, tmp_path, uri=f"http://127.0.0.1:{port}")
+    earlier = textwrap.dedent("""
+        import cvops
+        with cvops.start_run(experiment="sdk-leftovers", run_name="earlier") as run:
+            for step in range(50):
+                run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    """)
+    offline = subprocess.run([sys.executable, "-c", earlier], env={**os.environ, "CVOPS_EXIT_FLUSH_TIMEOUT_S": "1"},
+                             capture_output=True, text=True, timeout=300)
+    assert offline.returncode == 0 and "cvops sync" in offline.stderr, offline.stderr
+    (leftover,) = (tmp_path / "spool").iterdir()
+
+    proxy = DelayingProxy(tracking_server.port, delay_s=0.0, port=port)  # the server is reachable again
+    try:
+        with cvops.start_run(experiment="sdk-leftovers", run_name="later") as run:
+            run.log_metrics({"loss": 0.1}, step=0)
+        client = MlflowClient(tracking_server.url)
+        deadline = time.monotonic() + 120
+        while leftover.exists():
+            assert time.monotonic() < deadline, "the leftover spool was not sent"
+            time.sleep(0.5)
+        experiment = client.get_experiment_by_name("sdk-leftovers")
+        (found,) = client.search_runs([experiment.experiment_id], "tags.mlflow.runName = 'earlier'")
+        assert [m.step for m in client.get_metric_history(found.info.run_id, "loss")] == list(range(50))
+        assert found.info.status == "FINISHED"
+    finally:
+        proxy.close()

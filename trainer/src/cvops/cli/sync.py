@@ -57,38 +57,27 @@ def run(args: argparse.Namespace) -> int:
 
 def sync_spool(directory: Path, tracking_uri: str, timeout_s: float, out=sys.stderr) -> bool:
     """Replay one spool to ``tracking_uri`` with progress on ``out``; True when nothing is left."""
-    from cvops.tracking.replay import Replayer
-    from cvops.tracking.spool import Spool, SpoolLocked
-    from cvops.tracking.transport import Transient, Transport
+    from cvops.tracking.replay import drain_spool
+    from cvops.tracking.spool import SpoolLocked
+    from cvops.tracking.transport import Transport
+
+    started = time.monotonic()
+    print(f"cvops sync: {directory}: sending to {tracking_uri}", file=out)
+
+    def progress(sent: int, total: int) -> None:
+        print(f"cvops sync: {sent}/{total} records sent ({time.monotonic() - started:.0f} s)", file=out)
 
     try:
-        spool = Spool(directory, max_bytes=sys.maxsize)
+        result = drain_spool(directory, Transport(tracking_uri, timeout_s), retries=_RETRIES, progress=progress)
     except SpoolLocked as exc:
         print(f"cvops sync: skipping {directory}: {exc} (its training process will send it)", file=out)
         return False
-    total = spool.count_pending()
-    replayer = Replayer(spool, Transport(tracking_uri, timeout_s))
-    print(f"cvops sync: {directory}: {total} records to send to {tracking_uri}", file=out)
-    sent, attempt, started = 0, 0, time.monotonic()
-    while True:
-        try:
-            step = replayer.step(limit=2000)
-        except Transient as exc:
-            attempt += 1
-            if attempt > _RETRIES:
-                print(f"cvops sync: the server is unreachable ({exc}); {total - sent} records remain in "
-                      f"{directory}; run the same command again later", file=out)
-                spool.close(remove_if_drained=False)
-                return False
-            time.sleep(min(2**attempt, 30))
-            continue
-        attempt = 0
-        if not step:
-            break
-        sent += step
-        print(f"cvops sync: {sent}/{total} records sent ({time.monotonic() - started:.0f} s)", file=out)
-    if replayer.rejected_records:
-        print(f"cvops sync: the server refused {replayer.rejected_records} records (see warnings above)", file=out)
-    removed = spool.close(remove_if_drained=True)
-    print(f"cvops sync: {directory}: done, {sent} records sent" + ("; spool removed" if removed else ""), file=out)
+    if result.rejected:
+        print(f"cvops sync: the server refused {result.rejected} records (see warnings above)", file=out)
+    if result.error:
+        print(f"cvops sync: the server is unreachable ({result.error}); {result.remaining} records remain in "
+              f"{directory}; run the same command again later", file=out)
+        return False
+    print(f"cvops sync: {directory}: done, {result.sent} records sent"
+          + ("; spool removed" if result.removed else ""), file=out)
     return True

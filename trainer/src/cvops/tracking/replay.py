@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 from mlflow.utils.validation import (
     MAX_BATCH_LOG_REQUEST_SIZE,
@@ -26,7 +30,7 @@ from mlflow.utils.validation import (
 )
 
 from cvops.tracking.spool import Spool
-from cvops.tracking.transport import Rejected, Transport
+from cvops.tracking.transport import Rejected, Transient, Transport
 
 log = logging.getLogger("cvops")
 
@@ -210,3 +214,43 @@ class Replayer:
             self.transport.upload_artifact(self._artifact_uri(run_id), str(file), artifact_path)
         if record.get("owned"):
             self.spool.release_artifact(local)
+
+
+@dataclass
+class DrainResult:
+    sent: int
+    remaining: int
+    rejected: int
+    removed: bool  # the spool was emptied and deleted
+    error: str | None = None  # why it stopped early (server unreachable)
+
+
+def drain_spool(directory: Path, transport: Transport, retries: int = 5,
+                progress: Callable[[int, int], None] | None = None) -> DrainResult:
+    """Replay a whole spool (a crashed run's, or one carried from an air-gapped machine).
+
+    Retries an unreachable server ``retries`` times with backoff, then stops leaving the rest in
+    place. Raises :class:`~cvops.tracking.spool.SpoolLocked` if a live process owns the spool.
+    """
+    spool = Spool(directory, max_bytes=sys.maxsize)
+    total = spool.count_pending()
+    replayer = Replayer(spool, transport)
+    sent, attempt = 0, 0
+    while True:
+        try:
+            step = replayer.step(limit=2000)
+        except Transient as exc:
+            attempt += 1
+            if attempt > retries:
+                spool.close(remove_if_drained=False)
+                return DrainResult(sent, total - sent, replayer.rejected_records, False, str(exc))
+            time.sleep(min(2**attempt, 30))
+            continue
+        attempt = 0
+        if not step:
+            break
+        sent += step
+        if progress:
+            progress(sent, total)
+    removed = spool.close(remove_if_drained=True)
+    return DrainResult(sent, 0, replayer.rejected_records, removed)

@@ -6,6 +6,7 @@ Layout of a spool directory (one per training process)::
     artifacts/<n>/<file>      snapshots of files handed to log_artifact, uploaded later
     cursor.json               {"segment": n, "offset": bytes}: everything before it is acknowledged
     run_ids.json              {"local:<uuid>": "<server run id>"} for runs created while offline
+    meta.json                 {"tracking_uri": …}: the server it was written for
     lock                      flock'd by the process that owns the spool (worker or `cvops sync`)
 
 Every record is written here *before* it is sent, so a crash, an outage or an air-gapped box
@@ -26,6 +27,10 @@ from typing import Iterator
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 _SEGMENT_GLOB = "*.jsonl"
+
+
+def read_meta(directory: Path) -> dict:
+    return _read_json(Path(directory) / "meta.json", {})
 
 
 class SpoolLocked(RuntimeError):
@@ -159,6 +164,9 @@ class Spool:
         size = _tree_bytes(path) if path.is_dir() else (path.stat().st_size if path.exists() else 0)
         shutil.rmtree(path.parent, ignore_errors=True)
         self.bytes_used = max(0, self.bytes_used - size)
+
+    def write_meta(self, meta: dict) -> None:
+        _atomic_write_json(self.directory / "meta.json", meta)
 
     def remember_run_id(self, local_key: str, run_id: str) -> None:
         self.run_ids[local_key] = run_id

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cvops.config import Settings
-from cvops.tracking.replay import Replayer
-from cvops.tracking.spool import Spool
+from cvops.tracking.replay import Replayer, drain_spool
+from cvops.tracking.spool import Spool, SpoolLocked, read_meta
 from cvops.tracking.transport import Transient, Transport
 
 log = logging.getLogger("cvops")
@@ -47,7 +47,9 @@ class Worker:
         directory = Path(settings.spool_dir) / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.spool = Spool(directory, settings.spool_max_bytes)
         self.transport = transport or Transport(settings.tracking_uri, settings.request_timeout_s)
+        self.spool.write_meta({"tracking_uri": settings.tracking_uri})
         self.replayer = Replayer(self.spool, self.transport)
+        self._leftovers_checked = False
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -204,7 +206,31 @@ class Worker:
                         time.monotonic() - self._offline_since)
             self._offline_since = None
             self._backoff_s = _BACKOFF_START_S
+        if not self._leftovers_checked:
+            self._leftovers_checked = True
+            threading.Thread(target=self._send_leftover_spools, name="cvops-leftover-spools", daemon=True).start()
         return True
+
+    def _send_leftover_spools(self) -> None:
+        """Replay spools that earlier processes (crashed, killed, or offline at exit) left behind
+        for this server, e.g. in a container restarted on the same volume. A spool whose process
+        still runs is locked and skipped."""
+        for directory in sorted(Path(self.settings.spool_dir).iterdir()):
+            if directory == self.spool.directory or not (directory / "segments").is_dir():
+                continue
+            if read_meta(directory).get("tracking_uri") != self.settings.tracking_uri:
+                continue
+            try:
+                result = drain_spool(directory, Transport(self.settings.tracking_uri, self.settings.request_timeout_s),
+                                     retries=0)
+            except SpoolLocked:
+                continue
+            except Exception:  # one damaged leftover must not stop the others or the process
+                log.exception("cvops: could not replay the leftover spool %s", directory)
+                continue
+            if result.sent:
+                log.warning("cvops: sent %d tracking records left in %s by an earlier process",
+                            result.sent, directory)
 
     def _went_offline(self, exc: Exception) -> None:
         now = time.monotonic()
