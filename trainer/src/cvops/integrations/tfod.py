@@ -42,11 +42,14 @@ log = logging.getLogger(__name__)
 CHECKPOINT_STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"  # model_lib_v2: Checkpoint(step=global_step, ...)
 
 
-def metric_name(scalar_source: str, tag: str) -> str:
-    """Training scalars keep the OD API's tag; evaluation ones are prefixed with their event
+def source_prefix(source: str) -> str:
+    """Training summaries keep the OD API's tag; evaluation ones are prefixed with their event
     directory (``eval/…``) because the evaluator also writes ``Loss/*`` tags."""
-    prefix = "" if scalar_source in ("train", ".", "") else f"{scalar_source}/"
-    return cvops.sanitize_metric_name(prefix + tag)
+    return "" if source in ("train", ".", "") else f"{source}/"
+
+
+def metric_name(source: str, tag: str) -> str:
+    return cvops.sanitize_metric_name(source_prefix(source) + tag)
 
 
 class ModelDirMirror:
@@ -83,9 +86,8 @@ class ModelDirMirror:
         directory.mkdir(parents=True, exist_ok=True)
         local = directory / f"step_{image.step:08d}_{image.index}.{extension}"
         local.write_bytes(image.encoded)
-        prefix = "" if image.source in ("train", ".") else f"{image.source}/"
         # The Run snapshots the file in the background: it stays until close().
-        self.run.log_artifact(str(local), artifact_path=f"images/{prefix}{image.tag}")
+        self.run.log_artifact(str(local), artifact_path=f"images/{source_prefix(image.source)}{image.tag}")
 
     def close(self) -> None:
         self.run.flush()
