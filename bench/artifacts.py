@@ -80,8 +80,10 @@ def through_server(stack: Stack, endpoint: Endpoint, source: Path, work: Path, d
         target = work / f"{endpoint.name}-download"
         target.mkdir()
         up, up_err = _timed(lambda: client.log_artifact(run_id, str(source), "checkpoints"))
-        down, down_err = _timed(lambda: client.download_artifacts(run_id, f"checkpoints/{source.name}", str(target)))
-        downloaded = target / "checkpoints" / source.name
+        downloaded = []
+        down, down_err = _timed(lambda: downloaded.append(
+            Path(client.download_artifacts(run_id, f"checkpoints/{source.name}", str(target)))))
+        downloaded = downloaded[0] if downloaded else target / "missing"
         result = {"upload_s": up, "download_s": down, "errors": [e for e in (up_err, down_err) if e],
                   "intact": downloaded.exists() and _sha256(downloaded) == digest}
         shutil.rmtree(target)

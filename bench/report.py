@@ -50,7 +50,7 @@ def machine() -> str:
     load1, _, _ = os.getloadavg()
     mem_gib = psutil.virtual_memory().total / 2**30
     return (f"{platform.node()}: {psutil.cpu_count()} cores, {mem_gib:.0f} GiB, "
-            f"{platform.python_implementation()} {platform.python_version()}, load average {load1:.1f} at start")
+            f"{platform.python_implementation()} {platform.python_version()}, load average {load1:.1f} when saved")
 
 
 def print_table(title: str, headers: list[str], rows: list[list]) -> str:
