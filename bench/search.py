@@ -4,8 +4,8 @@
 
 One experiment is populated (bench/populate.py) in the database both servers share, then each
 query below is timed through ``MlflowClient.search_runs`` on both servers, first on MLflow's own
-schema, then again after bench/search_indexes.sql is applied (the proposed migration-safe
-addition), so every row of the table reads the same data:
+schema, then again after bench/search_indexes.sql is applied (candidate migration-safe
+indexes), so every row of the table reads the same data:
 * filter by a param, order by a metric (what the issue asks; also what the UI sends when a user
   filters the runs table and sorts by a metric column);
 * the UI's default listing (newest first, 100 per page);

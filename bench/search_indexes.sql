@@ -1,4 +1,7 @@
--- Proposed migration-safe indexes for run search at scale (measured by bench/search.py).
+-- Candidate indexes for run search at scale, measured before/after by bench/search.py.
+-- Result (docs/performance.md): no end-to-end gain at 10 000 runs, where MLflow's Python
+-- materialisation of the page dominates; not proposed for the migrate step until a larger
+-- experiment shows a gain.
 -- Safe to run on a live server and to re-run: IF NOT EXISTS, CONCURRENTLY (no write lock on
 -- the table; must run outside a transaction, i.e. with autocommit), and additive only, so
 -- MLflow's own alembic migrations are unaffected (they never touch indexes they did not create).
