@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.report import parse_args, print_table, save
 from bench.stack import Endpoint, Stack
+from cvops.tracking.lineage import file_sha256
 
 CHUNK = 16 * 2**20
 
@@ -37,14 +38,6 @@ def _make_checkpoint(path: Path, size: int) -> str:
             f.write(piece)
             digest.update(piece)
             written += len(piece)
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -64,7 +57,7 @@ def direct(stack: Stack, source: Path, work: Path) -> dict:
     up, up_err = _timed(lambda: s3.upload_file(str(source), stack.s3.bucket, key))
     down, down_err = _timed(lambda: s3.download_file(stack.s3.bucket, key, str(target)))
     result = {"upload_s": up, "download_s": down, "errors": [e for e in (up_err, down_err) if e],
-              "intact": target.exists() and _sha256(target) == _sha256(source)}
+              "intact": target.exists() and file_sha256(target) == file_sha256(source)}
     target.unlink(missing_ok=True)
     s3.delete_object(Bucket=stack.s3.bucket, Key=key)
     return result
@@ -85,7 +78,7 @@ def through_server(stack: Stack, endpoint: Endpoint, source: Path, work: Path, d
             Path(client.download_artifacts(run_id, f"checkpoints/{source.name}", str(target)))))
         downloaded = downloaded[0] if downloaded else target / "missing"
         result = {"upload_s": up, "download_s": down, "errors": [e for e in (up_err, down_err) if e],
-                  "intact": downloaded.exists() and _sha256(downloaded) == digest}
+                  "intact": downloaded.exists() and file_sha256(downloaded) == digest}
         shutil.rmtree(target)
     bucket = stack.s3.client()
     prefix = endpoint.artifacts_prefix.split("/", 3)[3] if endpoint.artifacts_prefix.count("/") >= 3 else ""

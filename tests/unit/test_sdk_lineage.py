@@ -30,8 +30,8 @@ def test_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
     data = _dataset(tmp_path / "coco")
     dataset_digest(data, tmp_path / "cache")
     reads = []
-    original = lineage._file_sha256
-    monkeypatch.setattr(lineage, "_file_sha256", lambda p: reads.append(p) or original(p))
+    original = lineage.file_sha256
+    monkeypatch.setattr(lineage, "file_sha256", lambda p: reads.append(p) or original(p))
     dataset_digest(data, tmp_path / "cache")
     assert reads == []
     os.utime(data / "annotations.json", ns=(1, 1))  # touched: re-hash that one file only

@@ -53,7 +53,7 @@ class DigestCache:
         self._db.close()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         while chunk := stream.read(_CHUNK):
@@ -77,7 +77,7 @@ def dataset_digest(path: Path, cache_dir: Path) -> DatasetDigest:
             key = str(file)
             sha = cache.get(key, stat.st_mtime_ns, stat.st_size)
             if sha is None:
-                sha = _file_sha256(file)
+                sha = file_sha256(file)
                 cache.put(key, stat.st_mtime_ns, stat.st_size, sha)
             relative = file.name if file == path else file.relative_to(path).as_posix()
             total.update(f"{relative}\0{sha}\n".encode())
