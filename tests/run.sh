@@ -42,6 +42,26 @@ python_environment() {
     "$VENV/bin/pip" install -q -r requirements-dev.txt -e "./trainer[tfod,jobs]"
 }
 
+compose_v2() {
+    step "Compose v2 (the compose tier checks that v1 and v2 read docker-compose.yml alike)"
+    local target=$VENV/libexec/docker-compose-v2
+    if docker compose version >/dev/null 2>&1 || [ -x "$target" ]; then echo "present"; return; fi
+    # Debian 12 ships only docker-compose 1.29; Debian 13's docker-compose package is v2, a static binary.
+    local mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian} arch work deb
+    arch=$(dpkg --print-architecture)
+    work=$(mktemp -d)
+    if curl -fsSL "$mirror/dists/trixie/main/binary-$arch/Packages.xz" | xz -dc >"$work/Packages" \
+        && deb=$(awk '/^Package: docker-compose$/ {found=1} found && /^Filename:/ {print $2; exit}' "$work/Packages") \
+        && [ -n "$deb" ] && curl -fsSL -o "$work/compose.deb" "$mirror/$deb" \
+        && dpkg-deb -x "$work/compose.deb" "$work/root"; then
+        install -D -m 755 "$work/root/usr/libexec/docker/cli-plugins/docker-compose" "$target"
+        "$target" version
+    else
+        echo "could not fetch Compose v2 from $mirror: the v1/v2 comparison will skip"
+    fi
+    rm -rf "$work"
+}
+
 run_pytest() {
     step "pytest $*"
     local rc=0
@@ -54,4 +74,5 @@ run_pytest() {
 install_system_packages
 start_docker_engine
 python_environment
+compose_v2
 run_pytest "$@"
