@@ -6,7 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${CVOPS_VENV:-$ROOT/.venv}
-OFFLINE_SETUP=${DOCKER_OFFLINE_SETUP:-$ROOT/../shared/docker-offline/setup.sh}
+# The workplace's stand-in image builder sits beside the checkout (../shared); a clone made
+# elsewhere on the same machine finds it under /work/shared.
+OFFLINE_SETUP=${DOCKER_OFFLINE_SETUP:-}
+if [ -z "$OFFLINE_SETUP" ]; then
+    for candidate in "$ROOT/../shared/docker-offline/setup.sh" /work/shared/docker-offline/setup.sh; do
+        if [ -f "$candidate" ]; then OFFLINE_SETUP=$candidate; break; fi
+    done
+fi
 
 step() { printf '\n==> %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
@@ -27,7 +34,8 @@ install_system_packages() {
 start_docker_engine() {
     step "Docker engine (compose tests)"
     docker info >/dev/null 2>&1 && echo "engine running"
-    if [ -x "$OFFLINE_SETUP" ] || [ -f "$OFFLINE_SETUP" ]; then
+    if [ -n "$OFFLINE_SETUP" ]; then
+        echo "stand-in images: $OFFLINE_SETUP"
         # No registry is reachable here: build the stand-in base images the compose tests use.
         as_root bash "$OFFLINE_SETUP" || echo "docker-offline setup failed: compose tests will skip"
     elif ! docker info >/dev/null 2>&1; then
