@@ -33,7 +33,7 @@ class Settings:
     disabled: bool = False
     spool_dir: Path = Path.home() / ".cache" / "cvops" / "spool"
     spool_max_bytes: int = 2 * 1024**3
-    flush_interval_s: float = 1.0
+    flush_interval_s: float = 0.5
     exit_flush_timeout_s: float = 30.0
     request_timeout_s: float = 10.0
     cache_dir: Path = Path.home() / ".cache" / "cvops"
@@ -146,7 +146,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         disabled=_flag(env, "CVOPS_DISABLED", default=False),
         spool_dir=Path(_optional(env, "CVOPS_SPOOL_DIR") or cache_dir / "spool").expanduser(),
         spool_max_bytes=_size(env, "CVOPS_SPOOL_MAX_BYTES", 2 * 1024**3),
-        flush_interval_s=_number(env, "CVOPS_FLUSH_INTERVAL_S", 1.0, minimum=0.01),
+        flush_interval_s=_number(env, "CVOPS_FLUSH_INTERVAL_S", 0.5, minimum=0.01),
         exit_flush_timeout_s=_number(env, "CVOPS_EXIT_FLUSH_TIMEOUT_S", 30.0),
         request_timeout_s=_number(env, "CVOPS_REQUEST_TIMEOUT_S", 10.0, minimum=0.1),
         cache_dir=cache_dir,
