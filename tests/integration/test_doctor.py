@@ -155,8 +155,8 @@ def misconfigured_server(tracking_server_factory):
 
     Reached as 127.0.0.1 it shows a Host header rejection; reached as localhost it logs in and
     stores metrics but cannot store artifacts. One server for both saves a start-up per test.
-    MLflow's own variable sets the hosts: entrypoint.sh passes MLFLOW_ALLOWED_HOSTS as
-    --allowed-hosts, which `mlflow server` refuses together with gunicorn (reported).
+    MLflow's own variable sets the hosts: MLFLOW_ALLOWED_HOSTS only adds names to a default
+    that includes 127.0.0.1, while MLFLOW_SERVER_ALLOWED_HOSTS replaces the whole list.
     """
     return tracking_server_factory(
         MLFLOW_SERVER_ALLOWED_HOSTS="localhost:*",

@@ -107,12 +107,12 @@ def resolve_target(client, tracking_uri: str | None, network: str | None, enviro
         )
     host = f"{STACK_SERVICE}:{port}"
     if not _host_header_accepted(submitter_uri, host):
-        # MLflow's DNS-rebinding guard allows only localhost and private IPs unless told more.
+        # cvops' server always answers mlflow:*; a server with its own MLFLOW_SERVER_ALLOWED_HOSTS may not.
         address = server.attrs["NetworkSettings"]["Networks"][stack_network]["IPAddress"]
         print(
             f"[cvops] the server refuses the Host header {host!r}; the job uses its address {address} instead, "
-            f"which changes if the server container is recreated. Add {STACK_SERVICE},{STACK_SERVICE}:* to "
-            "MLFLOW_ALLOWED_HOSTS to fix this",
+            f"which changes if the server container is recreated. Add {STACK_SERVICE},{STACK_SERVICE}:* to the "
+            "server's MLFLOW_SERVER_ALLOWED_HOSTS to fix this",
             file=sys.stderr,
         )
         host = f"{address}:{port}"
