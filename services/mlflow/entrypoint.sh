@@ -144,6 +144,15 @@ serve() {
     # CV tracking server never uses; opt back in with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true.
     export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 
+    # A CV team's server is a training tracker: no AI Gateway endpoints or UI entry, and no usage
+    # data sent from a self-hosted server. Either can be turned back on in the environment.
+    export MLFLOW_ENABLE_AI_GATEWAY=${MLFLOW_ENABLE_AI_GATEWAY:-false}
+    export MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true}
+    case "${CVOPS_UI_DEFAULT_WORKFLOW:=machine_learning}" in
+        machine_learning|genai|mlflow) export CVOPS_UI_DEFAULT_WORKFLOW ;;
+        *) die "CVOPS_UI_DEFAULT_WORKFLOW must be machine_learning, genai or mlflow, got '$CVOPS_UI_DEFAULT_WORKFLOW'" ;;
+    esac
+
     # prometheus_client's multiprocess mode needs an empty directory per server generation.
     local metrics_dir
     metrics_dir=$(mktemp -d "${TMPDIR:-/tmp}/cvops-metrics.XXXXXX")

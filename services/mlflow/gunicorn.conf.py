@@ -10,27 +10,33 @@ import sys
 # server_patches.py sits beside this file; gunicorn does not put the config's folder on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+
+def _setting(name: str, default: str) -> str:
+    # Compose hands over `${GUNICORN_THREADS:-}`-style variables as empty strings: empty means unset.
+    return os.environ.get(name) or default
+
+
 # gthread: idle keep-alive connections wait in the worker's poller instead of holding a thread,
 # so clients that reuse a connection skip the TCP set-up on every call, and a slow multi-GB
 # upload occupies one thread while the main loop keeps heart-beating (no worker timeout kill).
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(_setting("GUNICORN_THREADS", "8"))
 # Only a worker whose main loop is stuck for this long is restarted; request length is unbounded.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "60"))
+timeout = int(_setting("GUNICORN_TIMEOUT", "300"))
+graceful_timeout = int(_setting("GUNICORN_GRACEFUL_TIMEOUT", "60"))
 # Longer than the idle timeout of typical reverse proxies (nginx 60 s) so the proxy closes first.
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
+keepalive = int(_setting("GUNICORN_KEEPALIVE", "75"))
 # A worker is replaced after this many requests (with jitter) to bound slow memory growth.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
+max_requests = int(_setting("GUNICORN_MAX_REQUESTS", "20000"))
 max_requests_jitter = max_requests // 10
 # The compose file runs behind Docker's network or an optional TLS proxy; trust its headers.
-forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "*")
+forwarded_allow_ips = _setting("GUNICORN_FORWARDED_ALLOW_IPS", "*")
 # gunicorn 26 otherwise opens a control socket at one fixed path under $HOME: two servers on a
 # host would fight over it, and the container's home is not meant to be written.
 control_socket_disable = True
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+accesslog = _setting("GUNICORN_ACCESS_LOG", "") or None
 errorlog = "-"
-loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+loglevel = _setting("GUNICORN_LOG_LEVEL", "info")
 
 
 def post_worker_init(worker):

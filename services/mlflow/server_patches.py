@@ -14,10 +14,22 @@ Streamed uploads. MLflow 3.17.2 spools each proxied upload to a temp file and on
 S3, so a multi-GB checkpoint needs that much free disk in the container and takes receive time
 plus S3 time. Registering an S3 repository with MLflow's StreamUploadMixin makes the upload handler
 pass the request body straight to boto3's multipart upload (parts of 8 MB in memory).
+
+The admin check from the auth cache. basic-auth answers "is the caller an admin?" (asked on
+nearly every request) with a query to the auth database, although the password check just
+before it was answered by MLflow's per-worker credential cache, which holds that same user row.
+Reading ``is_admin`` from the cached row saves a pool checkout, a SELECT and a COMMIT per request
+(11.1 -> 9.1 ms per log_metric, docs/performance.md). It is exactly as fresh as the credential:
+MLflow drops a user's cache entries when that user is changed, in the worker that made the
+change; other workers follow within MLFLOW_AUTH_CACHE_TTL_SECONDS, as they already do for a
+changed password.
+
+The UI's default view for new browsers: ui_defaults.py.
 """
 
 import functools
 import posixpath
+import sys
 
 from mlflow import exceptions
 from mlflow.server import handlers
@@ -83,9 +95,36 @@ class StreamingS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
         raise NotImplementedError("cvops serves MLflow's Flask app under gunicorn")
 
 
+def _admin_check_from_the_auth_cache(auth):
+    from flask import request
+
+    uncached_sender_is_admin = auth.sender_is_admin
+
+    @functools.wraps(uncached_sender_is_admin)
+    def sender_is_admin():
+        credentials = request.authorization
+        if auth._USER_AUTH_CACHE is not None and credentials is not None and credentials.type == "basic":
+            key = auth._auth_cache_key(credentials.username, credentials.password)
+            with auth._USER_AUTH_CACHE_LOCK:
+                user = auth._USER_AUTH_CACHE.get(key)
+            if user is not None:
+                return user.is_admin
+        return uncached_sender_is_admin()
+
+    return sender_is_admin
+
+
 def apply():
     if getattr(handlers, "_cvops_patched", False):
         return
+    import ui_defaults
+    from mlflow.server import app
+
+    ui_defaults.install(app)
+    # Loaded by gunicorn only when the server runs the basic-auth app (MLFLOW_AUTH=on).
+    auth = sys.modules.get("mlflow.server.auth")
+    if auth is not None:
+        auth.sender_is_admin = _admin_check_from_the_auth_cache(auth)
     for name, exception_class in _REFUSED_CAPABILITIES.items():
         if not hasattr(handlers, name):  # fail loudly if an MLflow upgrade renamed a check
             raise RuntimeError(f"mlflow.server.handlers.{name} is gone: review server_patches.py")

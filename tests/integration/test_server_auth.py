@@ -1,5 +1,6 @@
 """Basic-auth on the team endpoint: who may call what (MLflow's auth app, database in PostgreSQL)."""
 
+import time
 import uuid
 
 import pytest
@@ -97,3 +98,42 @@ def test_password_change_takes_effect_for_the_user(tracking_server):
                    json={"username": username, "password": new})
     assert changed.status_code == 200, changed.text
     assert call(tracking_server, "GET", search[0], auth=(username, new), params=search[1]).status_code == 200
+
+
+def _may_create_users(server, auth) -> bool:
+    response = call(server, "POST", "/users/create", auth=auth,
+                    json={"username": f"probe-{uuid.uuid4().hex[:8]}", "password": "long-enough-password"})
+    assert response.status_code in (200, 403), response.text
+    return response.status_code == 200
+
+
+def _seconds_until(condition, limit_s: float) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.2)
+    return None
+
+
+def test_promoting_and_demoting_an_admin_takes_effect_within_the_cache_ttl(tracking_server_factory):
+    """The admin flag is read from the per-worker credential cache (server_patches.py): a change
+    lands at once in the worker that made it and within MLFLOW_AUTH_CACHE_TTL_SECONDS in the others."""
+    ttl_s = 3
+    server = tracking_server_factory(MLFLOW_AUTH_CACHE_TTL_SECONDS=str(ttl_s))
+    try:
+        lead = (f"lead-{uuid.uuid4().hex[:6]}", "lead-password-123456")
+        server.create_user(*lead)
+        assert not any(_may_create_users(server, lead) for _ in range(6))  # every worker caches "not admin"
+
+        promoted = call(server, "PATCH", "/users/update-admin", auth=server.admin_auth,
+                        json={"username": lead[0], "is_admin": True})
+        assert promoted.status_code == 200, promoted.text
+        assert _seconds_until(lambda: all(_may_create_users(server, lead) for _ in range(6)), ttl_s + 5) is not None
+
+        demoted = call(server, "PATCH", "/users/update-admin", auth=server.admin_auth,
+                       json={"username": lead[0], "is_admin": False})
+        assert demoted.status_code == 200, demoted.text
+        assert _seconds_until(lambda: not any(_may_create_users(server, lead) for _ in range(6)), ttl_s + 5) is not None
+    finally:
+        server.stop()

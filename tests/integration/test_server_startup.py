@@ -20,15 +20,26 @@ pytestmark = pytest.mark.integration
         ({"MLFLOW_BACKEND_STORE_URI": "postgresql://u:p@db/mlflow"}, "postgresql+psycopg2://"),
         ({"MLFLOW_ARTIFACTS_DESTINATION": "/var/artifacts"}, "MLFLOW_ARTIFACTS_DESTINATION must be s3://"),
         ({"MLFLOW_AUTH": "maybe"}, "MLFLOW_AUTH must be 'on' or 'off'"),
+        ({"CVOPS_UI_DEFAULT_WORKFLOW": "training"}, "CVOPS_UI_DEFAULT_WORKFLOW must be machine_learning, genai or mlflow"),
     ],
     ids=["empty-password", "mlflow-legacy-default", "placeholder", "short-password", "no-secret-key",
-         "default-secret-key", "driverless-uri", "local-artifacts", "bad-auth-flag"],
+         "default-secret-key", "driverless-uri", "local-artifacts", "bad-auth-flag", "unknown-ui-view"],
 )
 def test_serve_refuses_unsafe_configuration(tracking_server, overrides, message):
     result = tracking_server.run_entrypoint("serve", timeout_s=60, MLFLOW_PORT=str(free_port()), **overrides)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Listening at" not in result.stderr  # refused before gunicorn ever started
+
+
+def test_empty_gunicorn_settings_mean_the_defaults(tracking_server_factory):
+    # What compose passes for a variable left empty in .env (`${GUNICORN_TIMEOUT:-}` style).
+    server = tracking_server_factory(GUNICORN_TIMEOUT="", GUNICORN_KEEPALIVE="", GUNICORN_MAX_REQUESTS="",
+                                     GUNICORN_LOG_LEVEL="", GUNICORN_ACCESS_LOG="")
+    try:
+        assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        server.stop()
 
 
 def test_migrate_is_idempotent(tracking_server):
