@@ -7,8 +7,7 @@ after a warm-up, against both servers in turn; MLflow's client reuses one pooled
 so every call after the first rides a kept-alive connection. A raw ``requests.Session`` GET of
 /health and POST of log-metric separate what the server costs from what the client library adds.
 
---variants also starts ours with the fixes proposed in bench/server_prototype.py, and ours with
-auth off, to price each layer.
+--variants also starts ours with auth off, to price the authentication layer.
 --profile records ours with py-spy while it serves log_metric (speedscope file in results/).
 """
 from __future__ import annotations
@@ -22,7 +21,6 @@ import uuid
 import requests
 
 from bench.report import RESULTS_DIR, Deadline, median, parse_args, percentile, print_table, ratio, save
-from bench.server_prototype import prototype_entrypoint
 from bench.stack import VENV_BIN, Endpoint, Stack
 
 WARMUP_CALLS = 5
@@ -122,19 +120,13 @@ def profile_ours(endpoint: Endpoint, seconds: float, out_path) -> str:
 
 def main() -> None:
     args = parse_args(__doc__, lambda p: (
-        p.add_argument("--variants", action="store_true", help="also ours + proposed fixes, ours with auth off"),
+        p.add_argument("--variants", action="store_true", help="also ours with auth off"),
         p.add_argument("--profile", action="store_true", help="py-spy record ours under log_metric load")))
     calls, seconds = (500, 120) if args.full else (60, 30)
     with Stack() as stack:
         endpoints = stack.endpoints
         if args.variants:
-            prototype = prototype_entrypoint(stack.root / "prototype")
-            endpoints += [
-                stack.start_variant("ours_admin_cache", {"CVOPS_PROTOTYPE": "admin-cache"}, prototype),
-                stack.start_variant("ours_admin_cache_no_pre_ping",
-                                    {"CVOPS_PROTOTYPE": "admin-cache,no-pre-ping"}, prototype),
-                stack.start_variant("ours_auth_off", {"MLFLOW_AUTH": "off"}),
-            ]
+            endpoints += [stack.start_variant("ours_auth_off", {"MLFLOW_AUTH": "off"})]
         results = measure(endpoints, calls, seconds)
         profile = profile_ours(stack.ours, 20, RESULTS_DIR / "ours-log_metric.speedscope.json") \
             if args.profile else None

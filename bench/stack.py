@@ -24,7 +24,6 @@ from pathlib import Path
 import psutil
 import requests
 
-from tests.harness import fixtures as harness
 from tests.harness.fixtures import (
     VENV_BIN,
     PostgresCluster,
@@ -181,21 +180,15 @@ class Stack:
     def start_stock(self) -> float:
         return self.stock_server.start()
 
-    def start_variant(self, name: str, env: dict[str, str], entrypoint: Path | None = None) -> Endpoint:
-        """Another server like ours on the same tracking database: other env, or a prototype
-        copy of services/mlflow (bench/server_prototype.py). Stopped with the stack."""
+    def start_variant(self, name: str, env: dict[str, str]) -> Endpoint:
+        """Another server like ours on the same tracking database, with other settings. Stopped
+        with the stack."""
         server = TrackingServer(name, self.postgres, self.s3, self.root / name,
                                 {**CONTAINER_DEFAULTS, **env,
                                  "MLFLOW_BACKEND_STORE_URI": self.postgres.url(TRACKING_DB)})
         self._stack.callback(server.stop)
-        # The harness starts whatever entrypoint its module names; point it at the copy briefly.
-        shipped = harness.ENTRYPOINT
-        harness.ENTRYPOINT = entrypoint or shipped
-        try:
-            server.migrate()
-            server.start()
-        finally:
-            harness.ENTRYPOINT = shipped
+        server.migrate()
+        server.start()
         auth = server.admin_auth if env.get("MLFLOW_AUTH", "on") == "on" else None
         return Endpoint(name, server.url, auth, server._proc.pid, server.startup_s, server.artifacts_destination)
 
