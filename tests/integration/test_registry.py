@@ -1,6 +1,8 @@
 """Model registry: log + register, aliases, the promotion gate, the model card (real server)."""
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -107,3 +109,22 @@ def test_registering_needs_a_tracked_run(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(RuntimeError, match="tracked run"):
         registry.log_model_and_register(cvops.start_run(), object(), "pyfunc", registered_model_name="x")
+
+
+def test_a_plain_user_registers_a_model_filed_under_the_run_s_experiment(sdk_env, tmp_path, monkeypatch):
+    """Team members are not admins and may only read the Default experiment; the logged model must
+    land in the run's own experiment (MLflow 3 otherwise files it under the active one: Default)."""
+    username, password = f"trainee-{uuid.uuid4().hex[:6]}", "trainee-password-123"
+    sdk_env.create_user(username, password)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    name = f"sdk-plain-user-{uuid.uuid4().hex[:6]}"
+
+    with cvops.start_run(experiment=f"sdk-plain-user-{uuid.uuid4().hex[:6]}") as run:
+        version = registry.log_model_and_register(run, _pyfunc_model(), "pyfunc", registered_model_name=name,
+                                                  input_example=np.zeros((2, 3), dtype="float32"))
+
+    client = MlflowClient(sdk_env.url)
+    [logged] = client.search_logged_models(experiment_ids=[run.experiment_id])
+    assert version.model_uri == f"models:/{logged.model_id}"
+    assert logged.source_run_id == run.run_id

@@ -13,6 +13,7 @@ These calls talk to the server synchronously (they happen once, after training) 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -79,16 +80,34 @@ def log_model_and_register(run, model: Any, flavor: str | types.ModuleType, *, r
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(client.tracking_uri)
     try:
-        info = Model.log(
-            artifact_path=None, name=name, flavor=_flavor_module(flavor), run_id=run_id, registered_model_name=registered_model_name,
-            signature=signature, input_example=input_example, **_model_argument(flavor, model), **flavor_kwargs,
-        )
+        with _active_experiment(run.experiment_id):
+            info = Model.log(
+                artifact_path=None, name=name, flavor=_flavor_module(flavor), run_id=run_id,
+                registered_model_name=registered_model_name, signature=signature, input_example=input_example,
+                **_model_argument(flavor, model), **flavor_kwargs,
+            )
     finally:
         mlflow.set_tracking_uri(previous_uri)
     version = str(info.registered_model_version)
     for alias in aliases:
         client.set_registered_model_alias(registered_model_name, alias, version)
     return RegisteredVersion(registered_model_name, version, info.model_uri, run_id)
+
+
+@contextlib.contextmanager
+def _active_experiment(experiment_id: str):
+    """MLflow 3 files a logged model under the process's *active* experiment (Default unless set),
+    not under its source run's: there a team member may only read, so logging fails with 403 and
+    the model would sit apart from its run. Only the in-process setting is swapped (set_experiment
+    would also rewrite MLFLOW_EXPERIMENT_ID for child processes) and put back afterwards."""
+    from mlflow.tracking import fluent
+
+    previous = fluent._active_experiment_id
+    fluent._active_experiment_id = experiment_id
+    try:
+        yield
+    finally:
+        fluent._active_experiment_id = previous
 
 
 def _model_argument(flavor, model) -> dict[str, Any]:
