@@ -90,7 +90,7 @@ def test_successful_run_records_the_whole_schema(sdk_env, client, tmp_path, monk
 
     experiment = client.get_experiment(stored.info.experiment_id)
     assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
-    assert run.ui_url.endswith(f"/#/experiments/{stored.info.experiment_id}/runs/{run.run_id}")
+    assert run.ui_url.endswith(f"/#/experiments/{stored.info.experiment_id}/runs/{run.run_id}?workflowType=machine_learning")
 
 
 def test_exception_marks_the_run_failed_and_keeps_its_data(sdk_env, client):

@@ -20,6 +20,7 @@ from cvops.jobs import gpus as gpu_selection
 from cvops.jobs.plan import LABEL_PREFIX, Placement, Provenance, Tracking, docker_run_kwargs, git_provenance
 from cvops.jobs.runtime import EXIT_CODE_TAG
 from cvops.jobs.spec import JobSpec, check_host_paths
+from cvops.tracking.run import run_ui_url
 
 RUN_ID_LABEL = f"{LABEL_PREFIX}run_id"
 TRACKING_URI_LABEL = f"{LABEL_PREFIX}tracking_uri"
@@ -129,10 +130,6 @@ def _host_header_accepted(uri: str, host: str) -> bool:
     except requests.RequestException:
         return True  # unreachable from here: pre-creating the run reports that, with its fix
     return not (response.status_code == 403 and "Host header" in response.text)
-
-
-def ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 # ----------------------------------------------------------------------------- image, GPUs
@@ -339,7 +336,7 @@ def submit(spec: JobSpec, options: SubmitOptions, out: TextIO = sys.stdout, err:
     commit, dirty = git_provenance(spec.job_dir)
     provenance = Provenance(git_commit=commit, git_dirty=dirty, image_digest=image_digest(client, spec.image, err))
     experiment_id, run_id = precreate_run(target.submitter_uri, spec, provenance)
-    link = ui_url(target.submitter_uri, experiment_id, run_id)
+    link = run_ui_url(target.submitter_uri, experiment_id, run_id)
     print(f"[cvops] run {run_id} in experiment '{spec.experiment}': {link}", file=err, flush=True)
     credentials = read_mlflow_creds()
     tracking = Tracking(

@@ -44,6 +44,12 @@ def _now_ms() -> int:
 # --------------------------------------------------------------------------- process-wide state
 
 
+
+def run_ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in MLflow's UI, in the Model training view: MLflow 3.17's UI opens the GenAI
+    view unless the link (or the browser's last choice) says otherwise (docs/onboarding.md)."""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
 class _Session:
     """The worker and the runs still open in this process; ends them at exit or on SIGTERM."""
 
@@ -189,7 +195,7 @@ class Run:
         run_id = self.run_id
         if not run_id or not self._experiment_id:
             return None
-        return f"{self._session.settings.tracking_uri.rstrip('/')}/#/experiments/{self._experiment_id}/runs/{run_id}"
+        return run_ui_url(self._session.settings.tracking_uri, self._experiment_id, run_id)
 
     @property
     def tracking_uri(self) -> str:
