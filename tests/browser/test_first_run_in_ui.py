@@ -34,8 +34,8 @@ UI_TIMEOUT_MS = 60_000
 RUN_NAME = "faster-rcnn-r50-shapes"
 MODEL_NAME_PREFIX = "shapes-detector"
 BOX_COLOUR = (255, 40, 40)
-# What MLflow 3.17's UI needs in the link to open the Model training view (it ignores the
-# experiment's mlflow.experimentKind tag: the sidebar's GenAI / Model training switch decides).
+# The Model training view, spelled out in links cvops prints (MLflow 3.17's UI ignores the
+# experiment's mlflow.experimentKind tag; the link, else the browser's last choice, decides).
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 
 
@@ -85,13 +85,6 @@ class IdentityModel(mlflow.pyfunc.PythonModel):
         return model_input
 
 
-def with_model_training_view(url: str) -> str:
-    """The run link as cvops prints it, with the view parameter added if the SDK left it out."""
-    if "workflowType=" in url:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}{MODEL_TRAINING_VIEW}"
-
-
 @pytest.fixture(scope="module")
 def tracked_run(tracking_server, team_member):
     """One training run logged by the cvops SDK as the team member, like a job would."""
@@ -116,7 +109,7 @@ def tracked_run(tracking_server, team_member):
         "run": run, "experiment": experiment, "credentials": team_member,
         "experiment_url": (f"{tracking_server.url}/#/experiments/{run.experiment_id}/runs?"
                            f"{MODEL_TRAINING_VIEW}&compareRunsMode=CHART"),
-        "run_url": with_model_training_view(run.ui_url),
+        "run_url": run.ui_url,  # as the SDK prints it
     }
 
 
@@ -209,23 +202,31 @@ def test_experiment_opens_on_runs_and_training_charts(page, tracked_run):
     assert_not_blank(shot)
 
 
-def test_the_experiment_tag_alone_does_not_choose_the_view(page, tracked_run, tracking_server):
-    """Why cvops links carry ``workflowType``: MLflow 3.17.2 ignores ``mlflow.experimentKind``.
-
-    The experiment is tagged as model training, yet a plain link opened in a browser that has
-    never chosen lands on the GenAI overview. If the server starts giving new browsers a Model
-    training default (docs/onboarding.md), this expectation flips to the runs view.
-    """
-    from mlflow.tracking import MlflowClient
-
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_USERNAME", tracked_run["credentials"][0])
-        env.setenv("MLFLOW_TRACKING_PASSWORD", tracked_run["credentials"][1])
-        tags = MlflowClient(tracking_server.url).get_experiment(tracked_run["run"].experiment_id).tags
-    assert tags.get("mlflow.experimentKind") == "custom_model_development"
+def test_a_plain_experiment_link_opens_model_training_in_a_new_browser(page, tracked_run, tracking_server):
+    """MLflow 3.17.2 ignores the experiment's mlflow.experimentKind tag and opens GenAI for a
+    browser that never chose; the server seeds Model training instead (services/mlflow/ui_defaults.py)."""
     page.goto(f"{tracking_server.url}/#/experiments/{tracked_run['run'].experiment_id}")
-    page.wait_for_url("**workflowType=genai**")
-    assert "/overview" in page.url
+    page.get_by_text(RUN_NAME, exact=True).first.wait_for()
+
+    assert "/overview" not in page.url and "workflowType=genai" not in page.url
+    assert page.evaluate("localStorage.getItem('mlflow.workflowType_v1')") == '"machine_learning"'
+
+
+def test_a_browser_that_chose_genai_keeps_it(browser, team_member, tracked_run, tracking_server):
+    context = browser.new_context(
+        http_credentials={"username": team_member[0], "password": team_member[1]}, viewport=VIEWPORT)
+    try:
+        tab = context.new_page()
+        tab.set_default_timeout(UI_TIMEOUT_MS)
+        tab.goto(f"{tracking_server.url}/")
+        tab.evaluate("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('genai'))")
+        tab.goto(f"{tracking_server.url}/#/experiments/{tracked_run['run'].experiment_id}")
+        tab.reload()
+        tab.wait_for_url("**workflowType=genai**")
+
+        assert "/overview" in tab.url
+    finally:
+        context.close()
 
 
 def test_run_artifacts_show_the_annotated_prediction(page, tracked_run):
@@ -244,10 +245,6 @@ def test_run_artifacts_show_the_annotated_prediction(page, tracked_run):
     assert count_box_pixels(shot, image.bounding_box()) > 500, "the annotation boxes are not on screen"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cvops.registry.log_model_and_register creates the LoggedModel in MLflow's default experiment "
-    "(mlflow.models.Model.log resolves the experiment from the fluent API, not from run_id), where a "
-    "plain user only has READ: 403 on /api/2.0/mlflow/logged-models. Reported to the SDK owner."))
 def test_registered_model_lists_the_version_from_the_run(page, tracked_run, tracking_server):
     from cvops import registry
 
@@ -266,6 +263,6 @@ def test_registered_model_lists_the_version_from_the_run(page, tracked_run, trac
 
 
 def test_experiments_list_shows_the_new_experiment(page, tracked_run, tracking_server):
-    page.goto(f"{tracking_server.url}/#/experiments?{MODEL_TRAINING_VIEW}")
+    page.goto(f"{tracking_server.url}/#/experiments")
     page.get_by_role("link", name=tracked_run["experiment"]).wait_for()
     save_screenshot(page, "01-experiments-list")
