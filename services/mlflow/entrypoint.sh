@@ -94,25 +94,6 @@ write_auth_config() {
     export MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_ADMIN_PASSWORD"
 }
 
-# MLflow's security middleware (Host-header check against DNS rebinding, CORS) reads these
-# variables; its --allowed-hosts/--cors-allowed-origins flags are refused together with gunicorn.
-# Setting the host list replaces MLflow's default (loopback and private networks), so the default
-# is restated, then the compose service name trainer containers call (http://mlflow:5000), then
-# the team's host names from MLFLOW_ALLOWED_HOSTS. An operator who sets MLflow's variable
-# MLFLOW_SERVER_ALLOWED_HOSTS directly gets exactly that list (e.g. to refuse private addresses).
-export_security_settings() {
-    local hosts="localhost,127.0.0.1,[::1],0.0.0.0,localhost:*,127.0.0.1:*,[[]::1]:*,0.0.0.0:*"
-    hosts+=",10.*,192.168.*,fc00:*,fd00:*"
-    local second_octet
-    for second_octet in $(seq 16 31); do hosts+=",172.$second_octet.*"; done
-    hosts+=",mlflow,mlflow:*"
-    [ -n "${MLFLOW_ALLOWED_HOSTS:-}" ] && hosts+=",$MLFLOW_ALLOWED_HOSTS"
-    export MLFLOW_SERVER_ALLOWED_HOSTS="${MLFLOW_SERVER_ALLOWED_HOSTS:-$hosts}"
-    if [ -n "${MLFLOW_CORS_ALLOWED_ORIGINS:-}" ]; then
-        export MLFLOW_SERVER_CORS_ALLOWED_ORIGINS="$MLFLOW_CORS_ALLOWED_ORIGINS"
-    fi
-}
-
 migrate() {
     check_backend
     "$PYTHON" "$HERE/server_setup.py" wait-for-database "$MLFLOW_BACKEND_STORE_URI"
@@ -168,7 +149,6 @@ serve() {
         --gunicorn-opts "-c $HERE/gunicorn.conf.py"
         --expose-prometheus "$metrics_dir"
     )
-    export_security_settings
     if auth_enabled; then
         write_auth_config
         export MLFLOW_FLASK_SERVER_SECRET_KEY
@@ -177,7 +157,9 @@ serve() {
         say "WARNING: MLFLOW_AUTH=off: anyone who reaches port $port can read and change everything"
     fi
     say "serving on port $port (auth ${MLFLOW_AUTH:-on}, artifacts proxied to $MLFLOW_ARTIFACTS_DESTINATION)"
-    exec mlflow server "${args[@]}"
+    # `mlflow server`, after setting MLflow's Host and CORS variables from MLFLOW_ALLOWED_HOSTS and
+    # MLFLOW_CORS_ALLOWED_ORIGINS (see run_mlflow_server).
+    exec "$PYTHON" "$HERE/server_setup.py" mlflow-server "${args[@]}"
 }
 
 case "${1:-serve}" in

@@ -3,6 +3,7 @@
     server_setup.py render-auth-config TEMPLATE OUTPUT
     server_setup.py wait-for-database URI
     server_setup.py create-database URI
+    server_setup.py mlflow-server ARGS…   (what `mlflow server ARGS…` does, security settings first)
 """
 
 import os
@@ -18,6 +19,8 @@ AUTH_CONFIG_DEFAULTS = {
     "MLFLOW_AUTH_CACHE_TTL_SECONDS": "30",
 }
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
+# The compose service name: trainer containers on the compose network call http://mlflow:5000.
+COMPOSE_SERVICE_HOSTS = ("mlflow", "mlflow:*")
 # Every PostgreSQL has it; the MLflow databases themselves may not exist yet.
 MAINTENANCE_DB = "postgres"
 DATABASE_WAIT_S = float(os.environ.get("CVOPS_DATABASE_WAIT_S", "60"))
@@ -102,10 +105,42 @@ def create_database(uri: str) -> None:
         conn.close()
 
 
+def allowed_hosts(team_hosts: str) -> str:
+    """MLflow's default Host list, the compose service name, then the team's names.
+
+    MLFLOW_SERVER_ALLOWED_HOSTS replaces MLflow's default (loopback and private networks, which
+    laptops on the LAN and Docker networks use), so the default is restated, as MLflow computes it.
+    """
+    from mlflow.server.security_utils import get_default_allowed_hosts
+
+    team = [host.strip() for host in team_hosts.split(",") if host.strip()]
+    return ",".join([*get_default_allowed_hosts(), *COMPOSE_SERVICE_HOSTS, *team])
+
+
+def run_mlflow_server(*args: str) -> None:
+    """`mlflow server ARGS…`, with MLflow's security middleware configured from cvops' variables.
+
+    The middleware (Host-header check against DNS rebinding, CORS) reads MLflow's variables; its
+    --allowed-hosts/--cors-allowed-origins flags are refused together with gunicorn. Running
+    MLflow's CLI in this process (it is what the `mlflow` command runs) makes computing MLflow's
+    default host list free: the CLI imports MLflow anyway, a separate step would again (~3 s).
+    An operator who sets MLFLOW_SERVER_ALLOWED_HOSTS gets exactly that list (e.g. to refuse
+    private addresses).
+    """
+    if not os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
+        os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts(os.environ.get("MLFLOW_ALLOWED_HOSTS", ""))
+    if os.environ.get("MLFLOW_CORS_ALLOWED_ORIGINS"):
+        os.environ["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = os.environ["MLFLOW_CORS_ALLOWED_ORIGINS"]
+    from mlflow.cli import cli
+
+    cli.main(args=["server", *args], prog_name="mlflow")
+
+
 COMMANDS = {
     "render-auth-config": render_auth_config,
     "wait-for-database": wait_for_database,
     "create-database": create_database,
+    "mlflow-server": run_mlflow_server,
 }
 
 if __name__ == "__main__":
