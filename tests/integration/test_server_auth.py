@@ -137,3 +137,30 @@ def test_promoting_and_demoting_an_admin_takes_effect_within_the_cache_ttl(track
         assert _seconds_until(lambda: not any(_may_create_users(server, lead) for _ in range(6)), ttl_s + 5) is not None
     finally:
         server.stop()
+
+
+def test_a_logged_in_admin_s_calls_need_no_auth_database_round_trip(tracking_server_factory, postgres):
+    """server_patches.py answers "is the caller an admin?" from the credential cache, saving an
+    auth-database conversation per request. Shown by closing the auth database once the admin's
+    login is cached: their calls still succeed, where MLflow alone asks the database and fails."""
+    server = tracking_server_factory(GUNICORN_WORKERS="1")  # one worker: one cache to warm
+    maintenance = postgres.connect()
+    maintenance.autocommit = True
+
+    def read_default_experiment() -> int:
+        return call(server, "GET", "/experiments/get", auth=server.admin_auth,
+                    params={"experiment_id": "0"}).status_code
+
+    try:
+        assert read_default_experiment() == 200
+        with maintenance.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{server.auth_db}" ALLOW_CONNECTIONS false')
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                        (server.auth_db,))
+
+        assert [read_default_experiment() for _ in range(5)] == [200] * 5
+    finally:
+        with maintenance.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{server.auth_db}" ALLOW_CONNECTIONS true')
+        maintenance.close()
+        server.stop()
