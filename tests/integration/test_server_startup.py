@@ -34,8 +34,10 @@ def test_serve_refuses_unsafe_configuration(tracking_server, overrides, message)
 
 def test_empty_gunicorn_settings_mean_the_defaults(tracking_server_factory):
     # What compose passes for a variable left empty in .env (`${GUNICORN_TIMEOUT:-}` style).
-    server = tracking_server_factory(GUNICORN_TIMEOUT="", GUNICORN_KEEPALIVE="", GUNICORN_MAX_REQUESTS="",
-                                     GUNICORN_LOG_LEVEL="", GUNICORN_ACCESS_LOG="")
+    empty = dict.fromkeys(("GUNICORN_WORKERS", "GUNICORN_THREADS", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT",
+                           "GUNICORN_KEEPALIVE", "GUNICORN_MAX_REQUESTS", "GUNICORN_FORWARDED_ALLOW_IPS",
+                           "GUNICORN_LOG_LEVEL", "GUNICORN_ACCESS_LOG"), "")
+    server = tracking_server_factory(**empty)
     try:
         assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
     finally:
