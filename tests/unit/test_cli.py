@@ -24,3 +24,11 @@ def test_help_imports_no_framework():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_docker_only_job_commands_do_not_load_mlflow():
+    """`cvops ps`, `logs` and `stop` only talk to Docker: MLflow's import would add a second to each."""
+    code = "import sys, cvops.jobs.docker_backend; print('mlflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

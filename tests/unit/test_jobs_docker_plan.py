@@ -8,7 +8,6 @@ import pytest
 
 from cvops.config import load_settings
 from cvops.jobs.docker_backend import log_lines, resolve_target
-from cvops.tracking.run import run_ui_url
 from cvops.jobs.gpus import GpuChoice
 from cvops.jobs.plan import Placement, Provenance, Tracking, docker_cli_args, docker_run_kwargs, git_provenance, job_env
 from cvops.jobs.spec import load_job_spec, parse_job_spec
@@ -136,17 +135,6 @@ def test_explicit_tracking_uri_on_loopback_uses_the_host_network():
         "http://127.0.0.1:5123", "http://127.0.0.1:5123", "host")
     remote = resolve_target(None, "https://mlflow.example.org", None, None)
     assert remote.network is None
-
-
-@pytest.mark.parametrize("tracking_uri", ["http://localhost:5000", "http://localhost:5000/"])
-def test_run_links_open_in_the_model_training_view(tracking_uri):
-    assert run_ui_url(tracking_uri, "3", "abc") == \
-        "http://localhost:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
-
-
-def test_run_links_keep_a_path_prefix():
-    assert run_ui_url("https://ml.example/mlflow/", "3", "abc") == \
-        "https://ml.example/mlflow/#/experiments/3/runs/abc?workflowType=machine_learning"
 
 
 def test_log_lines_reassemble_chunks_and_keep_last_progress_redraw():

@@ -20,7 +20,7 @@ from cvops.jobs import gpus as gpu_selection
 from cvops.jobs.plan import LABEL_PREFIX, Placement, Provenance, Tracking, docker_run_kwargs, git_provenance
 from cvops.jobs.runtime import EXIT_CODE_TAG
 from cvops.jobs.spec import JobSpec, check_host_paths
-from cvops.tracking.run import run_ui_url
+from cvops.ui_links import run_ui_url
 
 RUN_ID_LABEL = f"{LABEL_PREFIX}run_id"
 TRACKING_URI_LABEL = f"{LABEL_PREFIX}tracking_uri"

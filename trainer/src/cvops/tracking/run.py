@@ -28,6 +28,7 @@ from cvops.tracking.names import NameRegistry
 from cvops.tracking.replay import PARAM_CONFLICT_TAG_PREFIX, RUN_NAME_TAG
 from cvops.tracking.transport import Transient, TransportError
 from cvops.tracking.worker import Worker
+from cvops.ui_links import run_ui_url
 
 log = logging.getLogger("cvops")
 
@@ -43,12 +44,6 @@ def _now_ms() -> int:
 
 # --------------------------------------------------------------------------- process-wide state
 
-
-
-def run_ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """The run's page in MLflow's UI, in the Model training view: MLflow 3.17's UI opens the GenAI
-    view unless the link (or the browser's last choice) says otherwise (docs/onboarding.md)."""
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 class _Session:
     """The worker and the runs still open in this process; ends them at exit or on SIGTERM."""
