@@ -96,16 +96,11 @@ write_auth_config() {
 
 migrate() {
     check_backend
-    "$PYTHON" "$HERE/server_setup.py" wait-for-database "$MLFLOW_BACKEND_STORE_URI"
-    "$PYTHON" "$HERE/server_setup.py" create-database "$MLFLOW_BACKEND_STORE_URI"
-    say "upgrading the tracking schema"
-    mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI"
-    if auth_enabled; then
-        "$PYTHON" "$HERE/server_setup.py" create-database "$MLFLOW_AUTH_DATABASE_URI"
-        say "upgrading the auth schema"
-        "$PYTHON" -m mlflow.server.auth db upgrade --url "$MLFLOW_AUTH_DATABASE_URI"
-    fi
-    say "migrations done"
+    local schemas=(tracking)
+    if auth_enabled; then schemas+=(auth); fi
+    # One Python process (each step used to import MLflow in its own); the database URIs are
+    # read from the environment, which keeps their passwords out of the process list.
+    "$PYTHON" "$HERE/server_setup.py" migrate "${schemas[@]}"
 }
 
 serve() {

@@ -1,9 +1,8 @@
 """Start-up helpers for entrypoint.sh that need Python (psycopg2, MLflow's config format).
 
     server_setup.py render-auth-config TEMPLATE OUTPUT
-    server_setup.py wait-for-database URI
-    server_setup.py create-database URI
-    server_setup.py mlflow-server ARGS…   (what `mlflow server ARGS…` does, security settings first)
+    server_setup.py migrate tracking [auth]   (databases named by MLFLOW_BACKEND_STORE_URI, MLFLOW_AUTH_DATABASE_URI)
+    server_setup.py mlflow-server ARGS…       (what `mlflow server ARGS…` does, security settings first)
 """
 
 import os
@@ -26,8 +25,12 @@ MAINTENANCE_DB = "postgres"
 DATABASE_WAIT_S = float(os.environ.get("CVOPS_DATABASE_WAIT_S", "60"))
 
 
+def say(message: str) -> None:
+    print(f"cvops-mlflow: {message}", file=sys.stderr, flush=True)
+
+
 def fail(message: str) -> None:
-    print(f"cvops-mlflow: error: {message}", file=sys.stderr)
+    say(f"error: {message}")
     sys.exit(64)
 
 
@@ -100,9 +103,45 @@ def create_database(uri: str) -> None:
                 cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
             except psycopg2.errors.DuplicateDatabase:
                 return  # a concurrent migrate created it first
-            print(f"cvops-mlflow: created database {url.database}", file=sys.stderr)
+            say(f"created database {url.database}")
     finally:
         conn.close()
+
+
+def upgrade_tracking_schema(uri: str) -> None:
+    from mlflow.db import upgrade
+
+    upgrade.callback(uri)  # `mlflow db upgrade URI`
+
+
+def upgrade_auth_schema(uri: str) -> None:
+    from mlflow.server.auth.db.cli import upgrade
+
+    upgrade.callback(uri, "head")  # `python -m mlflow.server.auth db upgrade --url URI`
+
+
+# schema -> the variable naming its database, and its upgrade.
+SCHEMAS = {
+    "tracking": ("MLFLOW_BACKEND_STORE_URI", upgrade_tracking_schema),
+    "auth": ("MLFLOW_AUTH_DATABASE_URI", upgrade_auth_schema),
+}
+
+
+def migrate(*schemas: str) -> None:
+    """Wait for PostgreSQL, then per schema create its database if missing and upgrade it.
+
+    One process for all of it: as separate commands each step imported MLflow again (~3 s
+    apiece), which every `docker compose up` paid. Every step is idempotent.
+    """
+    if not schemas or not set(schemas) <= SCHEMAS.keys():
+        fail(f"usage: server_setup.py migrate {' '.join(f'[{name}]' for name in SCHEMAS)}")
+    uris = {schema: os.environ.get(SCHEMAS[schema][0], "") for schema in schemas}
+    wait_for_database(next(iter(uris.values())))
+    for schema, uri in uris.items():
+        create_database(uri)
+        say(f"upgrading the {schema} schema")
+        SCHEMAS[schema][1](uri)
+    say("migrations done")
 
 
 def allowed_hosts(team_hosts: str) -> str:
@@ -138,8 +177,7 @@ def run_mlflow_server(*args: str) -> None:
 
 COMMANDS = {
     "render-auth-config": render_auth_config,
-    "wait-for-database": wait_for_database,
-    "create-database": create_database,
+    "migrate": migrate,
     "mlflow-server": run_mlflow_server,
 }
 
