@@ -31,9 +31,16 @@ install_system_packages() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+STAND_IN_IMAGES="offline/debian:bookworm offline/python:3.11-slim offline/postgres:15 offline/s3:latest"
+
 start_docker_engine() {
     step "Docker engine (compose tests)"
-    docker info >/dev/null 2>&1 && echo "engine running"
+    if docker info >/dev/null 2>&1; then
+        echo "engine running"
+        # The engine that setup.sh starts keeps its lock open, so a second setup.sh would wait forever.
+        # shellcheck disable=SC2086
+        if docker image inspect $STAND_IN_IMAGES >/dev/null 2>&1; then echo "stand-in images present"; return; fi
+    fi
     if [ -n "$OFFLINE_SETUP" ]; then
         echo "stand-in images: $OFFLINE_SETUP"
         # No registry is reachable here: build the stand-in base images the compose tests use.
