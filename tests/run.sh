@@ -54,7 +54,7 @@ python_environment() {
     step "Python environment ($VENV)"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -r requirements-dev.txt -e "./trainer[tfod,jobs]"
+    "$VENV/bin/pip" install -q -r requirements-dev.txt -e "./trainer[tfod,jobs,gpu]"
 }
 
 compose_v2() {
