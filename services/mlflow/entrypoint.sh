@@ -124,10 +124,6 @@ serve() {
     # data sent from a self-hosted server. Either can be turned back on in the environment.
     export MLFLOW_ENABLE_AI_GATEWAY=${MLFLOW_ENABLE_AI_GATEWAY:-false}
     export MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true}
-    case "${CVOPS_UI_DEFAULT_WORKFLOW:=machine_learning}" in
-        machine_learning|genai|mlflow) export CVOPS_UI_DEFAULT_WORKFLOW ;;
-        *) die "CVOPS_UI_DEFAULT_WORKFLOW must be machine_learning, genai or mlflow, got '$CVOPS_UI_DEFAULT_WORKFLOW'" ;;
-    esac
 
     # prometheus_client's multiprocess mode needs an empty directory per server generation.
     local metrics_dir

@@ -166,6 +166,12 @@ def run_mlflow_server(*args: str) -> None:
     An operator who sets MLFLOW_SERVER_ALLOWED_HOSTS gets exactly that list (e.g. to refuse
     private addresses).
     """
+    import ui_defaults
+
+    try:  # checked here, before gunicorn, so a typo stops the server with one line instead of crashing workers
+        ui_defaults.default_workflow()
+    except ValueError as error:
+        fail(str(error))
     if not os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
         os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts(os.environ.get("MLFLOW_ALLOWED_HOSTS", ""))
     if os.environ.get("MLFLOW_CORS_ALLOWED_ORIGINS"):

@@ -26,8 +26,8 @@ def default_workflow(environ=os.environ) -> str | None:
     if value == _MLFLOW_DEFAULT:
         return None
     if value not in WORKFLOWS:
-        raise ValueError(f"CVOPS_UI_DEFAULT_WORKFLOW={value!r}: expected one of "
-                         f"{', '.join(WORKFLOWS + (_MLFLOW_DEFAULT,))}")
+        raise ValueError(f"CVOPS_UI_DEFAULT_WORKFLOW must be {', '.join(WORKFLOWS)} or {_MLFLOW_DEFAULT}, "
+                         f"got {value!r}")
     return value
 
 
