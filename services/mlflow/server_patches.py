@@ -24,7 +24,8 @@ MLflow drops a user's cache entries when that user is changed, in the worker tha
 change; other workers follow within MLFLOW_AUTH_CACHE_TTL_SECONDS, as they already do for a
 changed password.
 
-The UI's default view for new browsers: ui_defaults.py.
+The UI's default view for new browsers: ui_defaults.py. Metric writes in one PostgreSQL statement:
+tracking_store.py.
 """
 
 import functools
@@ -117,6 +118,7 @@ def _admin_check_from_the_auth_cache(auth):
 def apply():
     if getattr(handlers, "_cvops_patched", False):
         return
+    import tracking_store
     import ui_defaults
     from mlflow.server import app
 
@@ -131,4 +133,7 @@ def apply():
         setattr(handlers, name, _refuse(exception_class))
     handlers.build_server_info_payload = _without_presigned_transfers(handlers.build_server_info_payload)
     _artifact_repository_registry.register("s3", StreamingS3ArtifactRepository)
+    if handlers._tracking_store is not None:  # built while loading the app: the builder would not apply
+        raise RuntimeError("MLflow built its tracking store before server_patches.apply(): review it")
+    handlers._tracking_store_registry.register("postgresql", tracking_store.build)
     handlers._cvops_patched = True

@@ -1,0 +1,206 @@
+"""services/mlflow/tracking_store.py: metric writes in one PostgreSQL statement store exactly what
+MLflow's own SQL store stores, and refuse exactly what it refuses.
+
+Each scenario is replayed call by call against MLflow's ``SqlAlchemyStore`` and against cvops'
+``PostgresMetricWritesStore``, each on its own database of one real PostgreSQL cluster; the rows of
+``metrics`` and ``latest_metrics`` (what the UI's charts and run table read) and every error must
+be identical.
+"""
+
+import importlib.util
+import math
+import random
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+pytestmark = pytest.mark.integration
+
+SERVER_DIR = Path(__file__).resolve().parents[2] / "services" / "mlflow"
+MODULE_SPEC = importlib.util.spec_from_file_location("tracking_store", SERVER_DIR / "tracking_store.py")
+tracking_store = importlib.util.module_from_spec(MODULE_SPEC)
+MODULE_SPEC.loader.exec_module(tracking_store)
+
+RUN = "<run>"  # run ids differ between the two databases; errors are compared with it masked
+
+
+def _new_store(postgres, store_class, tmp_path_factory):
+    database = f"store_{uuid.uuid4().hex[:10]}"
+    conn = postgres.connect()
+    conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction
+    try:
+        conn.cursor().execute(f"CREATE DATABASE {database}")
+    finally:
+        conn.close()
+    return database, store_class(postgres.url(database), str(tmp_path_factory.mktemp("artifacts")))
+
+
+@pytest.fixture(scope="module")
+def stores(postgres, tmp_path_factory):
+    """{name: (database, store)} for MLflow's store and ours."""
+    return {name: _new_store(postgres, store_class, tmp_path_factory)
+            for name, store_class in (("mlflow", SqlAlchemyStore),
+                                      ("cvops", tracking_store.PostgresMetricWritesStore))}
+
+
+class Replay:
+    """One run per store; every call goes to both, outcomes are recorded side by side."""
+
+    def __init__(self, postgres, stores):
+        self.postgres = postgres
+        self.stores = stores
+        self.runs = {}
+        for name, (_, store) in stores.items():
+            experiment_id = store.create_experiment(f"equivalence-{uuid.uuid4().hex[:8]}")
+            self.runs[name] = store.create_run(experiment_id, "tester", 0, [], "run").info.run_id
+
+    def call(self, method: str, *args) -> dict[str, str | None]:
+        outcomes = {}
+        for name, (_, store) in self.stores.items():
+            run_id = self.runs[name]
+            try:
+                getattr(store, method)(run_id, *args)
+                outcomes[name] = None
+            except MlflowException as error:
+                outcomes[name] = f"{error.error_code}: {error.message.replace(run_id, RUN)}"
+        return outcomes
+
+    def rows(self, name: str, table: str) -> list[tuple]:
+        database, _ = self.stores[name]
+        with self.postgres.connect(database) as conn, conn.cursor() as cursor:
+            cursor.execute(f"SELECT key, value, timestamp, step, is_nan FROM {table} WHERE run_uuid = %s "
+                           "ORDER BY key, step, timestamp, value, is_nan", (self.runs[name],))
+            return cursor.fetchall()
+
+    def assert_same_rows(self) -> None:
+        for table in ("metrics", "latest_metrics"):
+            assert self.rows("cvops", table) == self.rows("mlflow", table), table
+
+    def assert_same_outcome(self, method: str, *args) -> str | None:
+        outcomes = self.call(method, *args)
+        assert outcomes["cvops"] == outcomes["mlflow"]
+        return outcomes["mlflow"]
+
+
+@pytest.fixture
+def replay(postgres, stores):
+    return Replay(postgres, stores)
+
+
+def test_edge_cases_store_the_same_rows(replay):
+    nan, inf = math.nan, math.inf
+    calls = [
+        ("log_metric", Metric("loss", 0.9, 1000, 0)),
+        ("log_metric", Metric("loss", 0.9, 1000, 0)),  # the same point again: skipped
+        ("log_metric", Metric("loss", 0.5, 900, 3)),  # a later step with an older timestamp: newest
+        ("log_metric", Metric("loss", 0.7, 2000, 1)),  # an older step arriving late: not newest
+        ("log_batch", [Metric("loss", 0.4, 900, 3), Metric("loss", 0.6, 900, 3)]),  # tie on step+time: value
+        ("log_batch", [Metric("mAP_50", nan, 5, 0), Metric("mAP_50", 0.0, 5, 0)]),  # NaN stored as 0: first wins
+        ("log_metric", Metric("iou", nan, 5, 0)),
+        ("log_metric", Metric("iou", 0.0, 5, 0)),  # equal to the stored point, not newer: kept as NaN
+        ("log_batch", [Metric("grad_norm", inf, 7, 1), Metric("grad_norm", -inf, 7, 2)]),
+        ("log_batch", [Metric("lr", 1e-3, 10, 5)] * 3 + [Metric("lr", 1e-3, 10, 5), Metric("lr", 2e-3, 10, 5)]),
+        ("log_batch", [Metric(f"class_{i}/AP", i / 1000, 20, 2) for i in range(1000)]),  # MLflow's batch limit
+        ("log_batch", []),
+        ("log_batch", [Metric("lr", 3e-3, 11, 6)], [Param("optimizer", "sgd")], [RunTag("stage", "train")]),
+        ("log_metric", Metric("loss", 0.3, 3000, 4)),
+    ]
+    for method, *args in calls:
+        if method == "log_batch":
+            args += [[], []][len(args) - 1:]  # params and tags default to none
+        assert replay.assert_same_outcome(method, *args) is None
+    replay.assert_same_rows()
+    assert replay.rows("cvops", "latest_metrics")[:1] == [("class_0/AP", 0.0, 20, 2, False)]
+
+
+@pytest.mark.parametrize("bad_metric", [
+    Metric("mAP@0.5", 0.5, 1, 0),  # a character MLflow refuses in names (the COCO style)
+    Metric("loss", "high", 1, 0),
+    Metric("loss", 0.5, "noon", 0),
+    Metric("loss", 0.5, 1, "one"),
+], ids=["bad-name", "bad-value", "bad-timestamp", "bad-step"])
+def test_invalid_metrics_are_refused_alike_and_write_nothing(replay, bad_metric):
+    assert replay.assert_same_outcome("log_metric", bad_metric) is not None
+    assert replay.assert_same_outcome("log_batch", [Metric("ok", 1.0, 1, 0), bad_metric], [], []) is not None
+    replay.assert_same_rows()
+    assert replay.rows("cvops", "metrics") == []
+
+
+@pytest.mark.parametrize("method", ["log_metric", "log_batch"])
+def test_a_deleted_or_missing_run_is_refused_alike(replay, method):
+    args = (Metric("loss", 1.0, 1, 0),) if method == "log_metric" else ([Metric("loss", 1.0, 1, 0)], [], [])
+    for name, (_, store) in replay.stores.items():
+        store.delete_run(replay.runs[name])
+    assert "must be in the 'active' state" in replay.assert_same_outcome(method, *args)
+    replay.assert_same_rows()
+    replay.runs = dict.fromkeys(replay.runs, uuid.uuid4().hex)
+    assert "not found" in replay.assert_same_outcome(method, *args)
+
+
+def test_random_histories_store_the_same_rows(replay):
+    # Few keys, steps and values, so repeats, ties and out-of-order arrivals are frequent.
+    rng = random.Random(20261123)
+    values = [0.0, 0.25, 0.5, 1.0, -1.0, math.nan, math.inf]
+
+    def point():
+        return Metric(rng.choice(["loss", "acc", "lr"]), rng.choice(values), rng.randint(0, 5), rng.randint(0, 6))
+
+    for _ in range(150):
+        if rng.random() < 0.3:
+            assert replay.assert_same_outcome("log_metric", point()) is None
+        else:
+            assert replay.assert_same_outcome("log_batch", [point() for _ in range(rng.randint(0, 25))], [], []) is None
+    replay.assert_same_rows()
+
+
+def test_concurrent_writers_keep_the_newest_point_per_key(replay):
+    """Trainer processes flushing into one run at once: no deadlock surfaces, and the summary
+    (latest_metrics) holds each key's newest stored point."""
+    _, store = replay.stores["cvops"]
+    run_id = replay.runs["cvops"]
+    errors = []
+
+    def writer(seed):
+        rng = random.Random(seed)
+        try:
+            for _ in range(40):
+                store.log_batch(run_id, [Metric(f"metric_{k}", rng.random(), rng.randint(0, 50), rng.randint(0, 200))
+                                         for k in rng.sample(range(20), 20)], [], [])
+        except MlflowException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    newest = {}
+    for key, value, timestamp, step, is_nan in replay.rows("cvops", "metrics"):
+        newest[key] = max(newest.get(key, (step, timestamp, value, is_nan)), (step, timestamp, value, is_nan))
+    latest = {key: (step, timestamp, value, is_nan)
+              for key, value, timestamp, step, is_nan in replay.rows("cvops", "latest_metrics")}
+    assert latest == newest
+    assert len(latest) == 20
+
+
+def test_the_server_writes_metrics_through_it(tracking_server):
+    import requests
+
+    session = requests.Session()
+    session.auth = tracking_server.admin_auth
+    api = f"{tracking_server.url}/api/2.0/mlflow"
+    experiment_id = session.post(f"{api}/experiments/create", json={"name": f"fast-{uuid.uuid4().hex[:8]}"}).json()[
+        "experiment_id"]
+    run_id = session.post(f"{api}/runs/create", json={"experiment_id": experiment_id}).json()["run"]["info"]["run_id"]
+    for step in range(3):  # each gunicorn worker builds its store on its first request
+        session.post(f"{api}/runs/log-metric", json={"run_id": run_id, "key": "loss", "value": 1.0 / (step + 1),
+                                                     "timestamp": 1000 + step, "step": step}).raise_for_status()
+    run = session.get(f"{api}/runs/get", params={"run_id": run_id}).json()["run"]
+    assert run["data"]["metrics"] == [{"key": "loss", "value": pytest.approx(1 / 3), "timestamp": 1002, "step": 2}]
+    assert "single-statement PostgreSQL metric writes" in tracking_server.log()
