@@ -133,13 +133,15 @@ serve() {
     local args=(
         --host "${MLFLOW_HOST:-0.0.0.0}" --port "$port"
         --workers "${GUNICORN_WORKERS:-2}"
-        --backend-store-uri "$MLFLOW_BACKEND_STORE_URI"
         --serve-artifacts
         --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION"
         --default-artifact-root mlflow-artifacts:/
         --gunicorn-opts "-c $HERE/gunicorn.conf.py"
         --expose-prometheus "$metrics_dir"
     )
+    # `mlflow server` reads MLFLOW_BACKEND_STORE_URI itself: as --backend-store-uri the database
+    # password would show in the process list.
+    export MLFLOW_BACKEND_STORE_URI
     if auth_enabled; then
         write_auth_config
         export MLFLOW_FLASK_SERVER_SECRET_KEY

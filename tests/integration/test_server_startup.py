@@ -1,5 +1,7 @@
 """entrypoint.sh: refuses unsafe configuration, migrates idempotently, answers /health and /metrics."""
 
+from pathlib import Path
+
 import pytest
 import requests
 
@@ -48,6 +50,20 @@ def test_migrate_is_idempotent(tracking_server):
     result = tracking_server.run_entrypoint("migrate")
     assert result.returncode == 0, result.stderr
     assert "migrations done" in result.stderr
+
+
+def test_the_database_password_stays_out_of_the_process_list(tracking_server, postgres):
+    """Anyone who can list processes in the container (ps, /proc) must not read the database login."""
+    server_pids = [tracking_server._proc.pid, *_descendants(tracking_server._proc.pid)]
+    command_lines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in server_pids}
+    assert any("mlflow-server" in line for line in command_lines.values())  # the server's own process is seen
+    assert [line for line in command_lines.values() if postgres.password in line] == []
+
+
+def _descendants(pid: int) -> list[int]:
+    children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    return [descendant for child in children for descendant in (child, *_descendants(child))]
 
 
 def test_health_answers_without_login(tracking_server):
