@@ -4,7 +4,9 @@
 
 Each MlflowClient call (log_metric, log_param, set_tag, get_run, search_runs) is timed on its own,
 after a warm-up, against both servers in turn; MLflow's client reuses one pooled requests session,
-so every call after the first rides a kept-alive connection. A raw ``requests.Session`` GET of
+so every call after the first rides a kept-alive connection. Reads fetch runs of a fixed, typical
+size (a detection run: 50 params, 20 summary metrics, 10 tags; search_runs returns 10 of them),
+so their cost does not grow with what the write calls added; writes go to a run of their own. A raw ``requests.Session`` GET of
 /health and POST of log-metric separate what the server costs from what the client library adds.
 
 --variants also starts ours with auth off, to price the authentication layer.
@@ -25,16 +27,31 @@ from bench.stack import VENV_BIN, Endpoint, Stack
 
 WARMUP_CALLS = 5
 BLOCK_CALLS = 10
+TYPICAL_RUNS = 10
+TYPICAL_PARAMS, TYPICAL_METRICS, TYPICAL_TAGS = 50, 20, 10
 
 
-def _operations(client, run_id: str, experiment_id: str):
+def _typical_runs(client, experiment_id: str) -> str:
+    """TYPICAL_RUNS runs of a detection job's size in the experiment; returns the last run's id."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    for _ in range(TYPICAL_RUNS):
+        run_id = client.create_run(experiment_id).info.run_id
+        client.log_batch(run_id,
+                         metrics=[Metric(f"metric_{k}", 0.5, 0, 100) for k in range(TYPICAL_METRICS)],
+                         params=[Param(f"param_{k}", str(k)) for k in range(TYPICAL_PARAMS)],
+                         tags=[RunTag(f"tag_{k}", str(k)) for k in range(TYPICAL_TAGS)])
+    return run_id
+
+
+def _operations(client, write_run_id: str, read_run_id: str, read_experiment_id: str):
     """Each op takes a call number that is unique per server (params are write-once)."""
     return {
-        "log_metric": lambda i: client.log_metric(run_id, "loss", 0.5 + i * 1e-3, step=i),
-        "log_param": lambda i: client.log_param(run_id, f"param_{i}", str(i)),
-        "set_tag": lambda i: client.set_tag(run_id, f"tag_{i % 50}", str(i)),
-        "get_run": lambda i: client.get_run(run_id),
-        "search_runs": lambda i: client.search_runs([experiment_id], max_results=10),
+        "log_metric": lambda i: client.log_metric(write_run_id, "loss", 0.5 + i * 1e-3, step=i),
+        "log_param": lambda i: client.log_param(write_run_id, f"param_{i}", str(i)),
+        "set_tag": lambda i: client.set_tag(write_run_id, f"tag_{i % 50}", str(i)),
+        "get_run": lambda i: client.get_run(read_run_id),
+        "search_runs": lambda i: client.search_runs([read_experiment_id], max_results=TYPICAL_RUNS),
     }
 
 
@@ -60,9 +77,12 @@ def _prepare(endpoint: Endpoint):
 
     with endpoint.as_client():
         client = MlflowClient(tracking_uri=endpoint.url)
-        experiment_id = client.create_experiment(f"latency-{endpoint.name}-{uuid.uuid4().hex[:8]}")
-        run_id = client.create_run(experiment_id).info.run_id
-        ops = {**_operations(client, run_id, experiment_id), **_raw_operations(endpoint, run_id)}
+        tag = f"{endpoint.name}-{uuid.uuid4().hex[:8]}"
+        write_run_id = client.create_run(client.create_experiment(f"latency-writes-{tag}")).info.run_id
+        read_experiment_id = client.create_experiment(f"latency-reads-{tag}")
+        read_run_id = _typical_runs(client, read_experiment_id)
+        ops = {**_operations(client, write_run_id, read_run_id, read_experiment_id),
+               **_raw_operations(endpoint, write_run_id)}
         for op in ops.values():
             for i in range(WARMUP_CALLS):
                 op(-1 - i)
