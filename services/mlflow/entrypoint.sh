@@ -110,8 +110,11 @@ serve() {
 
     local port=${MLFLOW_PORT:-5000}
     export GUNICORN_THREADS=${GUNICORN_THREADS:-8}
-    # See docs/server.md "Sizing": connections ≈ workers × 4 engines × (pool + overflow).
-    export MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=${MLFLOW_SQLALCHEMYSTORE_POOL_SIZE:-4}
+    # See docs/server.md "Sizing": peak connections = workers × 3 engines × (pool + overflow).
+    # A pool smaller than the thread count closes a connection each time the busiest threads
+    # return theirs and opens a new one (backend start + login) on the next burst; the overflow
+    # covers MLflow calls that hold two sessions at once.
+    export MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=${MLFLOW_SQLALCHEMYSTORE_POOL_SIZE:-$GUNICORN_THREADS}
     export MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=${MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW:-4}
     # Recycle before common idle-connection cut-offs of proxies and PostgreSQL poolers.
     export MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE=${MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE:-1800}

@@ -1,5 +1,7 @@
 """entrypoint.sh: refuses unsafe configuration, migrates idempotently, answers /health and /metrics."""
 
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,35 @@ def _descendants(pid: int) -> list[int]:
     children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
                 for child in (task / "children").read_text().split()]
     return [descendant for child in children for descendant in (child, *_descendants(child))]
+
+
+def test_busy_threads_keep_their_database_connections(tracking_server_factory, postgres):
+    """Every gunicorn thread busy at once must not make the pool close connections and open new
+    ones on the next request (each a PostgreSQL backend start plus a SCRAM login)."""
+    server = tracking_server_factory(GUNICORN_WORKERS="1", GUNICORN_THREADS="8")
+    api = f"{server.url}/api/2.0/mlflow"
+    experiment_id = requests.post(f"{api}/experiments/create", auth=server.admin_auth, timeout=30,
+                                  json={"name": "pool"}).json()["experiment_id"]
+    run_id = requests.post(f"{api}/runs/create", auth=server.admin_auth, timeout=30,
+                           json={"experiment_id": experiment_id}).json()["run"]["info"]["run_id"]
+
+    def client(offset: int) -> None:
+        with requests.Session() as session:
+            session.auth = server.admin_auth
+            for step in range(offset, offset + 30):
+                session.post(f"{api}/runs/log-metric", timeout=30, json={
+                    "run_id": run_id, "key": "loss", "value": 1.0, "timestamp": step, "step": step}).raise_for_status()
+
+    def busy_round(round_number: int) -> set[int]:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(client, range(round_number * 1000, round_number * 1000 + 8 * 100, 100)))
+        with contextlib.closing(postgres.connect()) as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (server.backend_db,))
+            return {pid for (pid,) in cursor.fetchall()}
+
+    busy_round(0)  # the pool fills up to what the threads need
+    after_warm_up = busy_round(1)
+    assert after_warm_up - busy_round(2) == set()  # none of those connections was closed
 
 
 def test_health_answers_without_login(tracking_server):
