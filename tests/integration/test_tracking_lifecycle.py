@@ -178,10 +178,12 @@ def test_non_finite_metrics_are_logged_and_counted(sdk_env, client):
         run.log_metrics({"loss": float("nan")}, step=0)
         run.log_metrics({"loss": float("inf")}, step=1)
         run.log_metrics({"loss": 0.5}, step=2)
+        run.log_metrics({"loss": float("-inf")}, step=3)
     history = client.get_metric_history(run.run_id, "loss")
-    assert [m.step for m in history] == [0, 1, 2]
+    assert [m.step for m in history] == [0, 1, 2, 3]
     assert math.isnan(history[0].value) and history[1].value > 1e300 and history[2].value == 0.5
-    assert client.get_run(run.run_id).data.tags["cvops.nonfinite_metric_points"] == "2"
+    assert history[3].value < -1e300
+    assert client.get_run(run.run_id).data.tags["cvops.nonfinite_metric_points"] == "3"
 
 
 def test_system_metrics_arrive_as_mlflow_system_metrics(sdk_env, client):

@@ -10,13 +10,13 @@ failure is classified as :class:`Transient` (retry later: connection refused, ti
 from __future__ import annotations
 
 import json
+import math
 import os
 import posixpath
 from dataclasses import dataclass
 
 import requests
 from google.protobuf.json_format import ParseDict
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos import service_pb2
 from mlflow.utils.credentials import get_default_host_creds
@@ -47,6 +47,13 @@ class Rejected(TransportError):
     def __init__(self, message: str, error_code: str = ""):
         super().__init__(message)
         self.error_code = error_code
+
+
+def _json_double(value: float) -> float | str:
+    """A double as protobuf's JSON mapping writes it: JSON has no NaN or infinities."""
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
 def _reason(exc: Exception) -> str:
@@ -91,7 +98,9 @@ class Transport:
         return response
 
     def _call(self, endpoint: str, message, method: str = "POST") -> dict:
-        body = json.loads(message_to_json(message))
+        return self._send(endpoint, json.loads(message_to_json(message)), method)
+
+    def _send(self, endpoint: str, body: dict, method: str = "POST") -> dict:
         if method == "GET":
             response = self._request(self._creds, endpoint, method, params=body)
         else:
@@ -107,13 +116,16 @@ class Transport:
             return False
 
     def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None:
-        message = service_pb2.LogBatch(
-            run_id=run_id,
-            metrics=[Metric(key, value, timestamp, step).to_proto() for key, value, timestamp, step in metrics],
-            params=[Param(key, str(value)).to_proto() for key, value in params],
-            tags=[RunTag(key, str(value)).to_proto() for key, value in tags],
-        )
-        self._call("/api/2.0/mlflow/runs/log-batch", message)
+        # The REST body is written directly: through MLflow's entities and protobuf it cost ~2 ms
+        # per 200 points (0.15 ms this way) in the training process, where the sender thread
+        # competes with the training loop for the GIL.
+        self._send("/api/2.0/mlflow/runs/log-batch", {
+            "run_id": run_id,
+            "metrics": [{"key": key, "value": _json_double(value), "timestamp": timestamp, "step": step}
+                        for key, value, timestamp, step in metrics],
+            "params": [{"key": key, "value": str(value)} for key, value in params],
+            "tags": [{"key": key, "value": str(value)} for key, value in tags],
+        })
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, created (tagged for the Model training view) if missing."""
