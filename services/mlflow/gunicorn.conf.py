@@ -4,6 +4,7 @@
 Sizing and the reasons behind each value: docs/server.md.
 """
 
+import gc
 import os
 import sys
 
@@ -44,6 +45,10 @@ def post_worker_init(worker):
     import server_patches
 
     server_patches.apply()
+    # Move the ~340 000 objects of the loaded app out of the garbage collector's view: otherwise
+    # every full collection walks them all, which responses that allocate many objects (a page of
+    # runs) trigger. search_runs of 10 typical runs: p95 219 -> 33 ms (docs/performance.md).
+    gc.freeze()
 
 
 def child_exit(server, worker):
