@@ -6,7 +6,9 @@ Each MlflowClient call (log_metric, log_param, set_tag, get_run, search_runs) is
 after a warm-up, against both servers in turn; MLflow's client reuses one pooled requests session,
 so every call after the first rides a kept-alive connection. Reads fetch runs of a fixed, typical
 size (a detection run: 50 params, 20 summary metrics, 10 tags; search_runs returns 10 of them),
-so their cost does not grow with what the write calls added; writes go to a run of their own. A raw ``requests.Session`` GET of
+so their cost does not grow with what the write calls added. Writes go to runs of their own, and
+log_param moves to a fresh run every 50 params: MLflow loads all of a run's params on each
+log_param, so 500 params on one run would time a run no training job has. A raw ``requests.Session`` GET of
 /health and POST of log-metric separate what the server costs from what the client library adds.
 
 --variants also starts ours with auth off, to price the authentication layer.
@@ -44,11 +46,11 @@ def _typical_runs(client, experiment_id: str) -> str:
     return run_id
 
 
-def _operations(client, write_run_id: str, read_run_id: str, read_experiment_id: str):
+def _operations(client, write_run_id: str, param_run_ids: list[str], read_run_id: str, read_experiment_id: str):
     """Each op takes a call number that is unique per server (params are write-once)."""
     return {
         "log_metric": lambda i: client.log_metric(write_run_id, "loss", 0.5 + i * 1e-3, step=i),
-        "log_param": lambda i: client.log_param(write_run_id, f"param_{i}", str(i)),
+        "log_param": lambda i: client.log_param(param_run_ids[i // TYPICAL_PARAMS], f"param_{i}", str(i)),
         "set_tag": lambda i: client.set_tag(write_run_id, f"tag_{i % 50}", str(i)),
         "get_run": lambda i: client.get_run(read_run_id),
         "search_runs": lambda i: client.search_runs([read_experiment_id], max_results=TYPICAL_RUNS),
@@ -71,17 +73,22 @@ def _raw_operations(endpoint: Endpoint, run_id: str):
     return {"raw POST log-metric": post_metric, "raw GET /health": health}
 
 
-def _prepare(endpoint: Endpoint):
+def _prepare(endpoint: Endpoint, calls: int):
     """The timed operations for one server, each bound to its own experiment and run, warmed up."""
     from mlflow import MlflowClient
 
     with endpoint.as_client():
         client = MlflowClient(tracking_uri=endpoint.url)
         tag = f"{endpoint.name}-{uuid.uuid4().hex[:8]}"
-        write_run_id = client.create_run(client.create_experiment(f"latency-writes-{tag}")).info.run_id
+        write_experiment_id = client.create_experiment(f"latency-writes-{tag}")
+        write_run_id = client.create_run(write_experiment_id).info.run_id
+        # Call numbers run from -WARMUP_CALLS to a little past `calls` (see measure()); Python's
+        # negative indexes give the warm-up calls the last runs.
+        param_run_ids = [client.create_run(write_experiment_id).info.run_id
+                         for _ in range(calls // TYPICAL_PARAMS + 3)]
         read_experiment_id = client.create_experiment(f"latency-reads-{tag}")
         read_run_id = _typical_runs(client, read_experiment_id)
-        ops = {**_operations(client, write_run_id, read_run_id, read_experiment_id),
+        ops = {**_operations(client, write_run_id, param_run_ids, read_run_id, read_experiment_id),
                **_raw_operations(endpoint, write_run_id)}
         for op in ops.values():
             for i in range(WARMUP_CALLS):
@@ -97,7 +104,7 @@ def measure(endpoints: list[Endpoint], calls: int, seconds: float) -> dict[str, 
     rotating, so load from other processes on a shared machine falls on every server alike. The
     first call of each block follows an idle connection and is not counted.
     """
-    ops = {e.name: _prepare(e) for e in endpoints}
+    ops = {e.name: _prepare(e, calls) for e in endpoints}
     samples = {e.name: {op: [] for op in ops[e.name]} for e in endpoints}
     for op in ops[endpoints[0].name]:
         deadline = Deadline(seconds)
