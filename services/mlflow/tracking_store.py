@@ -15,8 +15,8 @@ MLflow's rule. Both are guarded by the run's lifecycle stage in the same stateme
 or deleted run writes nothing; MLflow's own checks then raise its usual error. Validation,
 NaN/inf handling and the deadlock retry are MLflow's own code paths.
 
-tests/integration/test_server_tracking_store.py replays the same calls against this store and MLflow's on
-one PostgreSQL and requires identical rows and identical errors.
+tests/integration/test_server_tracking_store.py replays the same calls against this store and
+MLflow's on one PostgreSQL and requires identical rows and identical errors.
 """
 
 import logging
