@@ -29,7 +29,6 @@ import requests
 
 from bench.report import median, parse_args, percentile, print_table, ratio, save
 from bench.stack import CpuMeter, Endpoint, Stack
-from bench.throughput import _postgres_processes, _server_log_tracebacks, _stored_points
 
 KEYS = [f"metric_{k}" for k in range(20)]
 STEPS_PER_REQUEST = 5
@@ -104,13 +103,13 @@ def saturate(stack: Stack, endpoint: Endpoint, clients: int, seconds: float) -> 
              for share in shares if share]
     for proc in procs:
         proc.start()
-    server_cpu, pg_cpu = CpuMeter(endpoint), CpuMeter(_postgres_processes(stack))
-    tracebacks_before = _server_log_tracebacks(stack, endpoint)
+    server_cpu, pg_cpu = CpuMeter(endpoint), CpuMeter(stack.postgres_endpoint)
+    tracebacks_before = stack.server_log_tracebacks(endpoint)
     time.sleep(max(0.0, window[0] - time.time()))
-    stored_before = _stored_points(stack, run_ids)
+    stored_before = stack.stored_metric_points(run_ids)
     server_cpu.start(), pg_cpu.start()
     time.sleep(max(0.0, window[1] - time.time()))
-    stored_in_window = _stored_points(stack, run_ids) - stored_before
+    stored_in_window = stack.stored_metric_points(run_ids) - stored_before
     _, server_cores = server_cpu.stop()
     _, pg_cores = pg_cpu.stop()
     outcomes = [results.get(timeout=REQUEST_TIMEOUT_S + 30) for _ in procs]
@@ -124,7 +123,7 @@ def saturate(stack: Stack, endpoint: Endpoint, clients: int, seconds: float) -> 
         "clients": clients, "window_s": seconds, "metrics_per_s": stored_in_window / seconds,
         "requests_per_s": len(latencies) / seconds, "p50_ms": median(latencies), "p95_ms": percentile(latencies, 95),
         "errors": len(errors), "error_examples": errors[:3],
-        "server_tracebacks": _server_log_tracebacks(stack, endpoint) - tracebacks_before,
+        "server_tracebacks": stack.server_log_tracebacks(endpoint) - tracebacks_before,
         "server_cores": server_cores, "postgres_cores": pg_cores,
         "client_cores": sum(o["cpu_s"] for o in outcomes) / seconds,
     }

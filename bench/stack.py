@@ -210,6 +210,23 @@ class Stack:
     def tracking_db(self):
         return self.postgres.connect(TRACKING_DB)
 
+    def stored_metric_points(self, run_ids: list[str]) -> int:
+        """Rows of the benchmarks' ``metric_<n>`` keys that reached PostgreSQL for these runs."""
+        with contextlib.closing(self.tracking_db()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM metrics WHERE run_uuid = ANY(%s) AND key LIKE 'metric\\_%%'",
+                        (run_ids,))
+            return cur.fetchone()[0]
+
+    @property
+    def postgres_endpoint(self) -> Endpoint:
+        """PostgreSQL's process tree, for CpuMeter."""
+        pid = int((self.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+        return Endpoint("postgres", "", None, pid, 0.0, "")
+
+    def server_log_tracebacks(self, endpoint: Endpoint) -> int:
+        server = self.ours_server if endpoint.name == "ours" else self.stock_server
+        return server.log_file.read_text(errors="replace").count("Traceback")
+
     def __exit__(self, *exc) -> None:
         self._stack.close()
         if not self.keep_dir:

@@ -133,23 +133,6 @@ class ConnectionSampler:
         return self.peak
 
 
-def _stored_points(stack: Stack, run_ids: list[str]) -> int:
-    with contextlib.closing(stack.tracking_db()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM metrics WHERE run_uuid = ANY(%s) AND key LIKE 'metric\\_%%'",
-                    (run_ids,))
-        return cur.fetchone()[0]
-
-
-def _postgres_processes(stack: Stack) -> Endpoint:
-    pid = int((stack.postgres.data_dir / "postmaster.pid").read_text().split()[0])
-    return Endpoint("postgres", "", None, pid, 0.0, "")
-
-
-def _server_log_tracebacks(stack: Stack, endpoint: Endpoint) -> int:
-    server = stack.ours_server if endpoint.name == "ours" else stack.stock_server
-    return server.log_file.read_text(errors="replace").count("Traceback")
-
-
 def run_trainers(stack: Stack, endpoint: Endpoint, trainers: int, seconds: float) -> dict:
     ctx = multiprocessing.get_context("spawn")
     go, results = ctx.Event(), ctx.Queue()
@@ -167,17 +150,17 @@ def run_trainers(stack: Stack, endpoint: Endpoint, trainers: int, seconds: float
         with contextlib.suppress(Exception):
             message = results.get(timeout=5)
             (run_ids if message[0] == "ready" else failures).append(message[2])
-    server_cpu, pg_cpu = CpuMeter(endpoint), CpuMeter(_postgres_processes(stack))
+    server_cpu, pg_cpu = CpuMeter(endpoint), CpuMeter(stack.postgres_endpoint)
     prober = Prober(endpoint, [r for r in run_ids if r][:PROBED_TRAINERS])
-    tracebacks_before = _server_log_tracebacks(stack, endpoint)
-    stored_before = _stored_points(stack, run_ids)
+    tracebacks_before = stack.server_log_tracebacks(endpoint)
+    stored_before = stack.stored_metric_points(run_ids)
     server_cpu.start(), pg_cpu.start(), prober.start()
     connections = ConnectionSampler(stack)
     t0 = time.monotonic()
     go.set()
     time.sleep(seconds)
     window = time.monotonic() - t0
-    stored_in_window = _stored_points(stack, run_ids) - stored_before
+    stored_in_window = stack.stored_metric_points(run_ids) - stored_before
     _, server_cores = server_cpu.stop()
     _, pg_cores = pg_cpu.stop()
     done = []
@@ -193,12 +176,12 @@ def run_trainers(stack: Stack, endpoint: Endpoint, trainers: int, seconds: float
         if p.is_alive():
             p.kill()
     logged = sum(m[3] for m in done)
-    stored = _stored_points(stack, run_ids)
+    stored = stack.stored_metric_points(run_ids)
     return {
         "trainers": trainers, "window_s": window, "offered_per_s": trainers * METRICS_PER_STEP / STEP_INTERVAL_S,
         "sustained_per_s": stored_in_window / window, "logged": logged, "stored": stored,
         "lost": max(0, logged - stored), "failed_trainers": len(failures) + sum(1 for m in done if not m[4]),
-        "server_tracebacks": _server_log_tracebacks(stack, endpoint) - tracebacks_before,
+        "server_tracebacks": stack.server_log_tracebacks(endpoint) - tracebacks_before,
         "delay_p50_ms": median(prober.delays_ms), "delay_p95_ms": percentile(prober.delays_ms, 95),
         "delay_samples": len(prober.delays_ms),
         "log_metrics_p99_blocked_ms": max((m[5] for m in done), default=float("nan")),
