@@ -1,5 +1,5 @@
-"""The tracking store the cvops server runs: MLflow 3.17.2's SQL store, with metric writes done in
-one PostgreSQL statement.
+"""The tracking store the cvops server runs: MLflow 3.17.2's SQL store, with metric writes and run
+reads each done in one PostgreSQL statement.
 
 Metrics are what training jobs send most (every trainer, every flush). MLflow's store writes them
 through the ORM: it loads the run, reads and row-locks the run's ``latest_metrics`` for the
@@ -15,18 +15,41 @@ MLflow's rule. Both are guarded by the run's lifecycle stage in the same stateme
 or deleted run writes nothing; MLflow's own checks then raise its usual error. Validation,
 NaN/inf handling and the deadlock retry are MLflow's own code paths.
 
+``get_run`` (the run page, a job resuming, the server's own permission checks) is MLflow's
+``_get_run`` with the run's metrics, params and tags loaded eagerly, then its dataset inputs,
+model inputs and model outputs: seven queries and an ORM object per row, 81 % of a worker's time
+serving it (py-spy). Here one statement returns the run row with each of those as an aggregate,
+and the Run is built from MLflow's own entity classes, so what the handler serialises is the
+same.
+
 tests/integration/test_server_tracking_store.py replays the same calls against this store and
-MLflow's on one PostgreSQL and requires identical rows and identical errors.
+MLflow's on one PostgreSQL and requires identical rows, identical runs and identical errors.
 """
 
 import logging
 import os
 
-from mlflow.entities import LifecycleStage
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LifecycleStage,
+    LoggedModelInput,
+    LoggedModelOutput,
+    Metric,
+    Param,
+    Run,
+    RunData,
+    RunInfo,
+    RunInputs,
+    RunOutputs,
+    RunTag,
+)
 from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
 from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
 from mlflow.server.handlers import TrackingStoreRegistryWrapper
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.utils.mlflow_tags import _get_run_name_from_tags
 from mlflow.utils.validation import (
     _validate_batch_log_data,
     _validate_batch_log_limits,
@@ -68,8 +91,70 @@ WITH run AS (
 SELECT lifecycle_stage FROM run
 """)
 
+# Each child table comes back as one JSON array (NULL when empty). Metric values travel as text:
+# float8's text form round-trips exactly, where JSON numbers would not carry Infinity or NaN.
+_GET_RUN_SQL = text("""
+SELECT run.run_uuid, run.name, run.experiment_id, run.user_id, run.status, run.start_time, run.end_time,
+       run.lifecycle_stage, run.artifact_uri,
+       (SELECT json_agg(json_build_array(key, value::text, timestamp, step, is_nan) ORDER BY key)
+          FROM latest_metrics WHERE run_uuid = run.run_uuid) AS metrics,
+       (SELECT json_agg(json_build_array(key, value) ORDER BY key)
+          FROM params WHERE run_uuid = run.run_uuid) AS params,
+       (SELECT json_agg(json_build_array(key, value) ORDER BY key)
+          FROM tags WHERE run_uuid = run.run_uuid) AS tags,
+       (SELECT json_agg(json_build_array(
+                   dataset.name, dataset.digest, dataset.dataset_source_type, dataset.dataset_source,
+                   dataset.dataset_schema, dataset.dataset_profile,
+                   (SELECT json_agg(json_build_array(input_tag.name, input_tag.value) ORDER BY input_tag.name)
+                      FROM input_tags AS input_tag WHERE input_tag.input_uuid = input.input_uuid))
+                ORDER BY dataset.name, dataset.digest)
+          FROM inputs AS input JOIN datasets AS dataset ON dataset.dataset_uuid = input.source_id
+         WHERE input.destination_type = 'RUN' AND input.destination_id = run.run_uuid) AS dataset_inputs,
+       (SELECT json_agg(destination_id ORDER BY destination_id)
+          FROM inputs WHERE source_type = 'RUN_INPUT' AND source_id = run.run_uuid
+                        AND destination_type = 'MODEL_INPUT') AS model_inputs,
+       (SELECT json_agg(json_build_array(destination_id, step) ORDER BY destination_id)
+          FROM inputs WHERE source_type = 'RUN_OUTPUT' AND source_id = run.run_uuid
+                        AND destination_type = 'MODEL_OUTPUT') AS model_outputs
+  FROM runs AS run WHERE run.run_uuid = :run_id
+""")
 
-class PostgresMetricWritesStore(SqlAlchemyStore):
+
+def _run_from_row(row) -> Run:
+    """The Run that MLflow's SqlRun.to_mlflow_entity plus its input and output lookups build."""
+    tags = [RunTag(key, value) for key, value in row.tags or ()]
+    info = RunInfo(run_id=row.run_uuid, run_name=row.name, experiment_id=str(row.experiment_id),
+                   user_id=row.user_id, status=row.status, start_time=row.start_time, end_time=row.end_time,
+                   lifecycle_stage=row.lifecycle_stage, artifact_uri=row.artifact_uri)
+    if not info.run_name and (name_from_tags := _get_run_name_from_tags(tags)):
+        info._set_run_name(name_from_tags)
+    data = RunData(
+        metrics=[Metric(key, float("nan") if is_nan else float(value), timestamp, step)
+                 for key, value, timestamp, step, is_nan in row.metrics or ()],
+        params=[Param(key, value) for key, value in row.params or ()],
+        tags=tags)
+    dataset_inputs = [
+        DatasetInput(Dataset(name=name, digest=digest, source_type=source_type, source=source, schema=schema,
+                             profile=profile),
+                     tags=[InputTag(key, value) for key, value in input_tags or ()])
+        for name, digest, source_type, source, schema, profile, input_tags in row.dataset_inputs or ()]
+    return Run(info, data,
+               RunInputs(dataset_inputs=dataset_inputs,
+                         model_inputs=[LoggedModelInput(model_id) for model_id in row.model_inputs or ()]),
+               RunOutputs([LoggedModelOutput(model_id, step) for model_id, step in row.model_outputs or ()]))
+
+
+class PostgresTrackingStore(SqlAlchemyStore):
+    def get_run(self, run_id):
+        # One statement reads one snapshot, so it needs no transaction: autocommit saves the
+        # BEGIN and COMMIT round trips that a session would add.
+        engine = self.read_engine or self.engine
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            row = connection.execute(_GET_RUN_SQL, {"run_id": run_id}).one_or_none()
+        if row is None:
+            return super().get_run(run_id)  # raises MLflow's "not found"
+        return _run_from_row(row)
+
     def _log_metrics_once(self, run_id, metrics):
         # One row per metrics-table primary key: the point MLflow would keep.
         points = {}
@@ -105,6 +190,6 @@ def build(store_uri, artifact_uri):
         # Workspaces scope every run lookup (_get_query); the statement above does not, so
         # workspace servers keep MLflow's store unchanged.
         return TrackingStoreRegistryWrapper._get_sqlalchemy_store(store_uri, artifact_uri)
-    _logger.info("tracking store: MLflow's SQL store with single-statement PostgreSQL metric writes")
-    return PostgresMetricWritesStore(store_uri, artifact_uri,
+    _logger.info("tracking store: MLflow's SQL store with single-statement PostgreSQL metric writes and run reads")
+    return PostgresTrackingStore(store_uri, artifact_uri,
                                      read_db_uri=os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR))

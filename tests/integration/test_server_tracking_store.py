@@ -1,13 +1,15 @@
 """services/mlflow/tracking_store.py: metric writes in one PostgreSQL statement store exactly what
-MLflow's own SQL store stores, and refuse exactly what it refuses.
+MLflow's own SQL store stores and refuse exactly what it refuses; runs read in one statement are
+the runs MLflow's store reads.
 
 Each scenario is replayed call by call against MLflow's ``SqlAlchemyStore`` and against cvops'
-``PostgresMetricWritesStore``, each on its own database of one real PostgreSQL cluster; the rows of
-``metrics`` and ``latest_metrics`` (what the UI's charts and run table read) and every error must
-be identical.
+``PostgresTrackingStore``, each on its own database of one real PostgreSQL cluster; the rows of
+``metrics`` and ``latest_metrics`` (what the UI's charts and run table read), every run ``get_run``
+returns and every error must be identical.
 """
 
 import importlib.util
+import json
 import math
 import random
 import threading
@@ -15,7 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mlflow.entities import Metric, Param, RunTag
+from google.protobuf.json_format import MessageToDict
+from mlflow.entities import RunStatus, Dataset, DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -29,7 +32,7 @@ MODULE_SPEC.loader.exec_module(tracking_store)
 RUN = "<run>"  # run ids differ between the two databases; errors are compared with it masked
 
 
-def _new_store(postgres, store_class, tmp_path_factory):
+def _new_store(postgres, store_class, artifact_root):
     database = f"store_{uuid.uuid4().hex[:10]}"
     conn = postgres.connect()
     conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction
@@ -37,15 +40,16 @@ def _new_store(postgres, store_class, tmp_path_factory):
         conn.cursor().execute(f"CREATE DATABASE {database}")
     finally:
         conn.close()
-    return database, store_class(postgres.url(database), str(tmp_path_factory.mktemp("artifacts")))
+    return database, store_class(postgres.url(database), artifact_root)
 
 
 @pytest.fixture(scope="module")
 def stores(postgres, tmp_path_factory):
     """{name: (database, store)} for MLflow's store and ours."""
-    return {name: _new_store(postgres, store_class, tmp_path_factory)
+    artifact_root = str(tmp_path_factory.mktemp("artifacts"))  # shared: it is part of each run's info
+    return {name: _new_store(postgres, store_class, artifact_root)
             for name, store_class in (("mlflow", SqlAlchemyStore),
-                                      ("cvops", tracking_store.PostgresMetricWritesStore))}
+                                      ("cvops", tracking_store.PostgresTrackingStore))}
 
 
 class Replay:
@@ -81,10 +85,32 @@ class Replay:
         for table in ("metrics", "latest_metrics"):
             assert self.rows("cvops", table) == self.rows("mlflow", table), table
 
+    def read_run(self, name: str):
+        """get_run as the REST API would send it, ids masked and repeated fields in a fixed order
+        (neither store promises an order)."""
+        _, store = self.stores[name]
+        run = store.get_run(self.runs[name])
+        text = json.dumps(MessageToDict(run.to_proto(), preserving_proto_field_name=True))
+        text = text.replace(self.runs[name], RUN).replace(f'"{run.info.experiment_id}"', '"<experiment>"')
+        return _sorted_lists(json.loads(text))
+
+    def assert_same_run(self) -> dict:
+        run = self.read_run("cvops")
+        assert run == self.read_run("mlflow")
+        return run
+
     def assert_same_outcome(self, method: str, *args) -> str | None:
         outcomes = self.call(method, *args)
         assert outcomes["cvops"] == outcomes["mlflow"]
         return outcomes["mlflow"]
+
+
+def _sorted_lists(value):
+    if isinstance(value, dict):
+        return {key: _sorted_lists(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return sorted((_sorted_lists(item) for item in value), key=json.dumps)
+    return value
 
 
 @pytest.fixture
@@ -189,6 +215,40 @@ def test_concurrent_writers_keep_the_newest_point_per_key(replay):
     assert len(latest) == 20
 
 
+def test_a_run_reads_back_alike_with_everything_a_run_can_hold(replay):
+    nan, inf = math.nan, math.inf
+    metrics = [Metric("loss", 0.1 + 0.2, 1000, 3), Metric("mAP_50", nan, 1001, 3), Metric("grad_norm", inf, 1002, 3),
+               Metric("grad_min", -inf, 1002, 3), Metric("lr", 1e-300, 1003, 3), Metric("delta", -2.5e-7, 1004, 3)]
+    assert replay.assert_same_outcome("log_batch", metrics, [Param("optimizer", "sgd"), Param("empty", "")],
+                                      [RunTag("stage", "train"), RunTag("note", "ünïcödé ✓")]) is None
+    coco = Dataset("coco-val", "d41d8cd9", "local", '{"uri": "/data/coco/val"}', '{"mlflow_colspec": []}', '{"rows": 5000}')
+    voc = Dataset("voc", "0cc175b9", "s3", '{"uri": "s3://datasets/voc"}')  # no schema, no profile
+    assert replay.assert_same_outcome("log_inputs", [
+        DatasetInput(coco, [InputTag("mlflow.data.context", "eval"), InputTag("split", "val")]),
+        DatasetInput(voc, [])]) is None
+    assert replay.assert_same_outcome("log_inputs", None, [LoggedModelInput("m-0123456789abcdef")]) is None
+    assert replay.assert_same_outcome("log_outputs", [LoggedModelOutput("m-fedcba9876543210", 7)]) is None
+    assert replay.assert_same_outcome("update_run_info", RunStatus.FINISHED, 5000, None) is None
+
+    run = replay.assert_same_run()
+    assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == "run"
+    assert {m["key"]: m["value"] for m in run["data"]["metrics"]}["grad_norm"] == 1.7976931348623157e308
+    assert len(run["inputs"]["dataset_inputs"]) == 2 and run["outputs"]["model_outputs"][0]["step"] == "7"
+
+    for name, (database, _) in replay.stores.items():  # runs from MLflow 1.x carry their name only in a tag
+        with replay.postgres.connect(database) as conn, conn.cursor() as cursor:
+            cursor.execute("UPDATE runs SET name = NULL WHERE run_uuid = %s", (replay.runs[name],))
+    assert replay.assert_same_run()["info"]["run_name"] == "run"
+    assert replay.assert_same_outcome("delete_run") is None
+    assert replay.assert_same_run()["info"]["lifecycle_stage"] == "deleted"
+
+
+def test_an_empty_or_missing_run_reads_alike(replay):
+    assert replay.assert_same_run()["data"] == {"tags": [{"key": "mlflow.runName", "value": "run"}]}
+    replay.runs = dict.fromkeys(replay.runs, uuid.uuid4().hex)
+    assert "not found" in replay.assert_same_outcome("get_run")
+
+
 def test_the_server_writes_metrics_through_it(tracking_server):
     import requests
 
@@ -203,4 +263,4 @@ def test_the_server_writes_metrics_through_it(tracking_server):
                                                      "timestamp": 1000 + step, "step": step}).raise_for_status()
     run = session.get(f"{api}/runs/get", params={"run_id": run_id}).json()["run"]
     assert run["data"]["metrics"] == [{"key": "loss", "value": pytest.approx(1 / 3), "timestamp": 1002, "step": 2}]
-    assert "single-statement PostgreSQL metric writes" in tracking_server.log()
+    assert "single-statement PostgreSQL metric writes and run reads" in tracking_server.log()
