@@ -24,6 +24,11 @@ MLflow drops a user's cache entries when that user is changed, in the worker tha
 change; other workers follow within MLFLOW_AUTH_CACHE_TTL_SECONDS, as they already do for a
 changed password.
 
+Compact JSON. MLflow's handlers write every response with ``json.dumps(indent=2)``, which runs
+Python's pure-Python encoder (the C one only serves compact output) and more than doubles the
+body: a page of 10 typical runs is 83 KB pretty and 35 KB compact, 5.5 vs 3.6 ms to encode. The
+JSON is the same document either way.
+
 The UI's default view for new browsers: ui_defaults.py. Metric writes in one PostgreSQL statement:
 tracking_store.py.
 """
@@ -96,6 +101,14 @@ class StreamingS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
         raise NotImplementedError("cvops serves MLflow's Flask app under gunicorn")
 
 
+def _compact(message_to_json):
+    @functools.wraps(message_to_json)
+    def compact(message, *, pretty=True, convert_int64_to_number=True):
+        return message_to_json(message, pretty=False, convert_int64_to_number=convert_int64_to_number)
+
+    return compact
+
+
 def _admin_check_from_the_auth_cache(auth):
     from flask import request
 
@@ -127,6 +140,9 @@ def apply():
     auth = sys.modules.get("mlflow.server.auth")
     if auth is not None:
         auth.sender_is_admin = _admin_check_from_the_auth_cache(auth)
+    for module in (handlers, auth):  # each imported message_to_json by name
+        if module is not None:
+            module.message_to_json = _compact(module.message_to_json)
     for name, exception_class in _REFUSED_CAPABILITIES.items():
         if not hasattr(handlers, name):  # fail loudly if an MLflow upgrade renamed a check
             raise RuntimeError(f"mlflow.server.handlers.{name} is gone: review server_patches.py")
