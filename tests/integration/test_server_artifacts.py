@@ -6,6 +6,7 @@ outside the compose network.
 """
 
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -177,13 +178,26 @@ def test_client_forcing_presigned_transfers_falls_back_to_the_proxy(tracking_ser
     assert "X-Amz-Signature" not in s3.log_file.read_text(errors="replace")
 
 
+def _irregular_pieces(payload: bytes):
+    """A chunked request body: pieces of odd sizes around gunicorn's read sizes (1 KiB, 64 KiB)."""
+    sizes = itertools.cycle([1, 1023, 1025, 65535, 65537, 3 * 2**20 + 5])
+    start = 0
+    while start < len(payload):
+        end = start + next(sizes)
+        yield payload[start:end]
+        start = end
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
 @pytest.mark.parametrize("size", [0, 1, 9 * 1024**2 + 7], ids=["empty", "one-byte", "over-one-part"])
-def test_proxied_upload_streams_any_size_to_s3(tracking_server, s3, size):
-    """Uploads stream straight into S3 (no temp-file spool); sizes around the 8 MB part edge."""
+def test_proxied_upload_streams_any_size_to_s3(tracking_server, s3, size, framing):
+    """Uploads stream straight into S3 (no temp-file spool); sizes around the 8 MB part edge, sent
+    with a Content-Length (MLflow's client) or chunked (a streaming client)."""
     payload = os.urandom(size)
-    path = f"stream-probe/{size}/nested/metrics.json"
+    path = f"stream-probe/{size}-{framing}/nested/metrics.json"
     url = f"{tracking_server.url}/api/2.0/mlflow-artifacts/artifacts/{path}"
-    put = requests.put(url, data=payload, auth=tracking_server.admin_auth, timeout=120)
+    data = payload if framing == "content-length" else _irregular_pieces(payload)
+    put = requests.put(url, data=data, auth=tracking_server.admin_auth, timeout=120)
     assert put.status_code == 200, put.text
     assert requests.get(url, auth=tracking_server.admin_auth, timeout=120).content == payload
     prefix = tracking_server.artifacts_destination.split("/", 3)[3]
