@@ -11,7 +11,8 @@ log_param moves to a fresh run every 50 params: MLflow loads all of a run's para
 log_param, so 500 params on one run would time a run no training job has. A raw ``requests.Session`` GET of
 /health and POST of log-metric separate what the server costs from what the client library adds.
 
---variants also starts ours with auth off, to price the authentication layer.
+--variants also starts ours with auth off, to price the authentication layer, and calls ours as a
+user who is not an admin (MLflow then checks that user's permission on every call).
 --profile records ours with py-spy while it serves log_metric (speedscope file in results/).
 """
 from __future__ import annotations
@@ -147,13 +148,13 @@ def profile_ours(endpoint: Endpoint, seconds: float, out_path) -> str:
 
 def main() -> None:
     args = parse_args(__doc__, lambda p: (
-        p.add_argument("--variants", action="store_true", help="also ours with auth off"),
+        p.add_argument("--variants", action="store_true", help="also ours with auth off, and as a plain user"),
         p.add_argument("--profile", action="store_true", help="py-spy record ours under log_metric load")))
     calls, seconds = (500, 120) if args.full else (60, 30)
     with Stack() as stack:
         endpoints = stack.endpoints
         if args.variants:
-            endpoints += [stack.start_variant("ours_auth_off", {"MLFLOW_AUTH": "off"})]
+            endpoints += [stack.start_variant("ours_auth_off", {"MLFLOW_AUTH": "off"}), stack.ours_as_plain_user()]
         results = measure(endpoints, calls, seconds)
         profile = profile_ours(stack.ours, 20, RESULTS_DIR / "ours-log_metric.speedscope.json") \
             if args.profile else None

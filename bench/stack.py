@@ -13,11 +13,13 @@ Both servers share one tracking database (so search benchmarks read identical ro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,6 +199,13 @@ class Stack:
         s = self.ours_server
         auth = s.admin_auth if s.env.get("MLFLOW_AUTH", "on") == "on" else None
         return Endpoint("ours", s.url, auth, s._proc.pid, s.startup_s or 0.0, s.artifacts_destination)
+
+    def ours_as_plain_user(self) -> Endpoint:
+        """Ours, called by a new user who is not an admin: MLflow then checks the caller's permission
+        on the run or experiment of every call."""
+        username, password = f"bench-user-{uuid.uuid4().hex[:6]}", f"bench-pw-{uuid.uuid4().hex}"
+        self.ours_server.create_user(username, password)
+        return dataclasses.replace(self.ours, name="ours_plain_user", auth=(username, password))
 
     @property
     def stock(self) -> Endpoint:
