@@ -187,9 +187,10 @@ class PostgresTrackingStore(SqlAlchemyStore):
 def build(store_uri, artifact_uri):
     """The PostgreSQL store builder registered with MLflow's tracking-store registry."""
     if MLFLOW_ENABLE_WORKSPACES.get():
-        # Workspaces scope every run lookup (_get_query); the statement above does not, so
+        # Workspaces scope every run lookup (_get_query); the statements above do not, so
         # workspace servers keep MLflow's store unchanged.
         return TrackingStoreRegistryWrapper._get_sqlalchemy_store(store_uri, artifact_uri)
-    _logger.info("tracking store: MLflow's SQL store with single-statement PostgreSQL metric writes and run reads")
+    _logger.info("tracking store: MLflow's SQL store with "
+                 "single-statement PostgreSQL metric writes and run reads")
     return PostgresTrackingStore(store_uri, artifact_uri,
-                                     read_db_uri=os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR))
+                                 read_db_uri=os.environ.get(READ_REPLICA_BACKEND_STORE_URI_ENV_VAR))

@@ -18,7 +18,17 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.json_format import MessageToDict
-from mlflow.entities import RunStatus, Dataset, DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, Metric, Param, RunTag
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelInput,
+    LoggedModelOutput,
+    Metric,
+    Param,
+    RunStatus,
+    RunTag,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
