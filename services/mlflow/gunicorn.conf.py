@@ -46,7 +46,7 @@ loglevel = _setting("GUNICORN_LOG_LEVEL", "info")
 # unfixed in 26.2.0): a 1 GiB checkpoint upload is a million Python-level reads and copies, 5.4 s
 # of the worker's CPU, which on a small host is taken from S3 and the client. Body keeps whatever a
 # read returns beyond what it asked for, so the two request-body readers are asked for at least
-# 64 KiB: 3.3 s per GiB (docs/performance.md, row 4).
+# 64 KiB: 3.5 s per GiB (docs/performance.md, row 4).
 REQUEST_BODY_READ_BYTES = 64 * 1024
 
 
