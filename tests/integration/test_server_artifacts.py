@@ -99,12 +99,8 @@ def test_server_info_advertises_no_presigned_transfers(tracking_server):
 
 @pytest.fixture(scope="module")
 def admin_run_id(tracking_server):
-    api = f"{tracking_server.url}/api/2.0/mlflow"
-    experiment = requests.post(f"{api}/experiments/create", auth=tracking_server.admin_auth,
-                               json={"name": f"presigned-probe-{time.time_ns()}"}, timeout=30).json()
-    run = requests.post(f"{api}/runs/create", auth=tracking_server.admin_auth,
-                        json={"experiment_id": experiment["experiment_id"]}, timeout=30).json()
-    return run["run"]["info"]["run_id"]
+    _, run_id = tracking_server.create_run(f"presigned-probe-{time.time_ns()}")
+    return run_id
 
 
 @pytest.mark.parametrize(("method", "path", "body"), [

@@ -18,10 +18,8 @@ def test_runs_come_back_as_compact_json_for_admins_and_users(tracking_server):
     admin = requests.Session()
     admin.auth = tracking_server.admin_auth
     api = f"{tracking_server.url}/api/2.0/mlflow"
-    experiment_id = admin.post(f"{api}/experiments/create", json={"name": f"compact-{uuid.uuid4().hex[:8]}"}).json()[
-        "experiment_id"]
-    run_id = admin.post(f"{api}/runs/create", json={"experiment_id": experiment_id, "start_time": 1_700_000_000_000}
-                        ).json()["run"]["info"]["run_id"]
+    experiment_id, run_id = tracking_server.create_run(f"compact-{uuid.uuid4().hex[:8]}",
+                                                       start_time=1_700_000_000_000)
     admin.post(f"{api}/runs/log-batch", json={
         "run_id": run_id, "params": [{"key": f"param_{k}", "value": str(k)} for k in range(50)],
         "metrics": [{"key": "mAP", "value": 0.5, "timestamp": 1_700_000_000_001, "step": 3}]}).raise_for_status()

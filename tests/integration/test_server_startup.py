@@ -73,10 +73,7 @@ def test_busy_threads_keep_their_database_connections(tracking_server_factory, p
     ones on the next request (each a PostgreSQL backend start plus a SCRAM login)."""
     server = tracking_server_factory(GUNICORN_WORKERS="1", GUNICORN_THREADS="8")
     api = f"{server.url}/api/2.0/mlflow"
-    experiment_id = requests.post(f"{api}/experiments/create", auth=server.admin_auth, timeout=30,
-                                  json={"name": "pool"}).json()["experiment_id"]
-    run_id = requests.post(f"{api}/runs/create", auth=server.admin_auth, timeout=30,
-                           json={"experiment_id": experiment_id}).json()["run"]["info"]["run_id"]
+    _, run_id = server.create_run("pool")
 
     def client(offset: int) -> None:
         with requests.Session() as session:

@@ -265,9 +265,7 @@ def test_the_server_writes_metrics_through_it(tracking_server):
     session = requests.Session()
     session.auth = tracking_server.admin_auth
     api = f"{tracking_server.url}/api/2.0/mlflow"
-    experiment_id = session.post(f"{api}/experiments/create", json={"name": f"fast-{uuid.uuid4().hex[:8]}"}).json()[
-        "experiment_id"]
-    run_id = session.post(f"{api}/runs/create", json={"experiment_id": experiment_id}).json()["run"]["info"]["run_id"]
+    _, run_id = tracking_server.create_run(f"fast-{uuid.uuid4().hex[:8]}")
     for step in range(3):  # each gunicorn worker builds its store on its first request
         session.post(f"{api}/runs/log-metric", json={"run_id": run_id, "key": "loss", "value": 1.0 / (step + 1),
                                                      "timestamp": 1000 + step, "step": step}).raise_for_status()
