@@ -29,12 +29,24 @@ Python's pure-Python encoder (the C one only serves compact output) and more tha
 body: a page of 10 typical runs is 83 KB pretty and 35 KB compact, 5.5 vs 3.6 ms to encode. The
 JSON is the same document either way.
 
+Pings without a round trip. MLflow's engines check every pooled connection before use with a
+``SELECT 1`` (pool_pre_ping), so that a connection PostgreSQL closed while it sat in the pool (a
+restart, idle_session_timeout, pg_terminate_backend) is replaced instead of failing a request.
+PostgreSQL never writes to an idle session except to end it: it then sends the error that says
+why and closes the socket. So a pooled connection whose socket has nothing to read is alive as far
+as a ping could tell, and only one with something waiting is pinged for real (and replaced when that
+fails, as before). MLflow never LISTENs, which would let notifications arrive on idle sessions.
+That saves a round trip per checkout (0.14 ms on an idle machine, ~0.3 ms of a log_metric measured
+side by side), on every request and on each extra checkout that the permission check of a user who
+is not an admin makes.
+
 The UI's default view for new browsers: ui_defaults.py. Metric writes in one PostgreSQL statement:
 tracking_store.py.
 """
 
 import functools
 import posixpath
+import select
 import sys
 
 from mlflow import exceptions
@@ -46,6 +58,7 @@ from mlflow.utils.server_info import (
     SERVER_INFO_MULTIPART_DOWNLOADS_ENABLED,
     SERVER_INFO_MULTIPART_UPLOADS_ENABLED,
 )
+from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
 # handlers' capability checks -> the exception each raises when a repository lacks the capability.
 _REFUSED_CAPABILITIES = {
@@ -109,6 +122,22 @@ def _compact(message_to_json):
     return compact
 
 
+def _has_unread_data(dbapi_connection) -> bool:
+    poller = select.poll()  # poll, not select: file descriptors above 1023 are fine
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    return bool(poller.poll(0))  # also true on POLLHUP/POLLERR, which need no registering
+
+
+def _ping_only_if_spoken_to(do_ping):
+    @functools.wraps(do_ping)
+    def ping(self, dbapi_connection):
+        if dbapi_connection.closed or _has_unread_data(dbapi_connection):
+            return do_ping(self, dbapi_connection)
+        return True
+
+    return ping
+
+
 def _admin_check_from_the_auth_cache(auth):
     from flask import request
 
@@ -136,6 +165,8 @@ def apply():
     from mlflow.server import app
 
     ui_defaults.install(app)
+    # Every engine of this process (tracking, registry, auth) uses this dialect class.
+    PGDialect_psycopg2.do_ping = _ping_only_if_spoken_to(PGDialect_psycopg2.do_ping)
     # Loaded by gunicorn only when the server runs the basic-auth app (MLFLOW_AUTH=on).
     auth = sys.modules.get("mlflow.server.auth")
     if auth is not None:
