@@ -15,14 +15,16 @@ S3, so a multi-GB checkpoint needs that much free disk in the container and take
 plus S3 time. Registering an S3 repository with MLflow's StreamUploadMixin makes the upload handler
 pass the request body straight to boto3's multipart upload (parts of 8 MB in memory).
 
-The admin check from the auth cache. basic-auth answers "is the caller an admin?" (asked on
-nearly every request) with a query to the auth database, although the password check just
-before it was answered by MLflow's per-worker credential cache, which holds that same user row.
-Reading ``is_admin`` from the cached row saves a pool checkout, a SELECT and a COMMIT per request
-(11.1 -> 9.1 ms per log_metric, docs/performance.md). It is exactly as fresh as the credential:
-MLflow drops a user's cache entries when that user is changed, in the worker that made the
-change; other workers follow within MLFLOW_AUTH_CACHE_TTL_SECONDS, as they already do for a
-changed password.
+The caller's user row from the auth cache. basic-auth reads the caller's row from the auth
+database again after authenticating: for "is the caller an admin?" (asked on nearly every
+request) and, for a user who is not an admin, for the id its grants are looked up by. The password
+check just before was answered by MLflow's per-worker credential cache, which holds that same row.
+Answering those reads from the cached row saves a pool checkout, a SELECT and a COMMIT each
+(11.1 -> 9.1 ms per log_metric for an admin, docs/performance.md). It is exactly as fresh as the
+credential: MLflow drops a user's cache entries when that user is changed, in the worker that
+made the change; other workers follow within MLFLOW_AUTH_CACHE_TTL_SECONDS, as they already do
+for a changed password. Grants are still read on every request: a revoked permission applies at
+once.
 
 Compact JSON. MLflow's handlers write every response with ``json.dumps(indent=2)``, which runs
 Python's pure-Python encoder (the C one only serves compact output) and more than doubles the
@@ -138,23 +140,24 @@ def _ping_only_if_spoken_to(do_ping):
     return ping
 
 
-def _admin_check_from_the_auth_cache(auth):
-    from flask import request
+def _caller_from_the_auth_cache(auth):
+    from flask import has_request_context, request
 
-    uncached_sender_is_admin = auth.sender_is_admin
+    uncached_get_user = auth.store.get_user
 
-    @functools.wraps(uncached_sender_is_admin)
-    def sender_is_admin():
-        credentials = request.authorization
-        if auth._USER_AUTH_CACHE is not None and credentials is not None and credentials.type == "basic":
-            key = auth._auth_cache_key(credentials.username, credentials.password)
+    @functools.wraps(uncached_get_user)
+    def get_user(username):
+        credentials = request.authorization if has_request_context() else None
+        if (auth._USER_AUTH_CACHE is not None and credentials is not None and credentials.type == "basic"
+                and credentials.username == username):
+            key = auth._auth_cache_key(username, credentials.password)
             with auth._USER_AUTH_CACHE_LOCK:
                 user = auth._USER_AUTH_CACHE.get(key)
             if user is not None:
-                return user.is_admin
-        return uncached_sender_is_admin()
+                return user
+        return uncached_get_user(username)
 
-    return sender_is_admin
+    return get_user
 
 
 def apply():
@@ -170,7 +173,7 @@ def apply():
     # Loaded by gunicorn only when the server runs the basic-auth app (MLFLOW_AUTH=on).
     auth = sys.modules.get("mlflow.server.auth")
     if auth is not None:
-        auth.sender_is_admin = _admin_check_from_the_auth_cache(auth)
+        auth.store.get_user = _caller_from_the_auth_cache(auth)
     for module in (handlers, auth):  # each imported message_to_json by name
         if module is not None:
             module.message_to_json = _compact(module.message_to_json)

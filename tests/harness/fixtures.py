@@ -327,18 +327,21 @@ class TrackingServer:
         if response.status_code != 200:
             raise RuntimeError(f"creating user {name!r} failed: {response.status_code} {response.text}")
 
-    def create_run(self, experiment_name: str, **run_fields) -> tuple[str, str]:
-        """A new experiment and a run in it, created over the REST API as the admin; returns their ids.
+    def create_run(self, experiment_name: str, *, as_user: tuple[str, str] | None = None,
+                   **run_fields) -> tuple[str, str]:
+        """A new experiment and a run in it, created over the REST API; returns their ids.
 
+        They are the admin's, or those of ``as_user`` (username, password) if given.
         ``run_fields`` go into the runs/create request (e.g. ``start_time``).
         """
         api = f"{self.url}/api/2.0/mlflow"
+        auth = as_user or self.admin_auth
         experiment = requests.post(f"{api}/experiments/create", json={"name": experiment_name},
-                                   auth=self.admin_auth, timeout=30)
+                                   auth=auth, timeout=30)
         experiment.raise_for_status()
         experiment_id = experiment.json()["experiment_id"]
         run = requests.post(f"{api}/runs/create", json={"experiment_id": experiment_id, **run_fields},
-                            auth=self.admin_auth, timeout=30)
+                            auth=auth, timeout=30)
         run.raise_for_status()
         return experiment_id, run.json()["run"]["info"]["run_id"]
 

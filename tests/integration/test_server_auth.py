@@ -140,8 +140,8 @@ def test_promoting_and_demoting_an_admin_takes_effect_within_the_cache_ttl(track
 
 
 def test_a_logged_in_admin_s_calls_need_no_auth_database_round_trip(tracking_server_factory, postgres):
-    """server_patches.py answers "is the caller an admin?" from the credential cache, saving an
-    auth-database conversation per request. Shown by closing the auth database once the admin's
+    """server_patches.py answers "is the caller an admin?" from the caller's row in the credential
+    cache, saving an auth-database conversation per request. Shown by closing the auth database once the admin's
     login is cached: their calls still succeed, where MLflow alone asks the database and fails."""
     server = tracking_server_factory(GUNICORN_WORKERS="1")  # one worker: one cache to warm
     maintenance = postgres.connect()
@@ -163,4 +163,29 @@ def test_a_logged_in_admin_s_calls_need_no_auth_database_round_trip(tracking_ser
         with maintenance.cursor() as cur:
             cur.execute(f'ALTER DATABASE "{server.auth_db}" ALLOW_CONNECTIONS true')
         maintenance.close()
+        server.stop()
+
+
+def test_a_logged_in_user_s_calls_do_not_read_the_users_table(tracking_server_factory, postgres):
+    """For a user who is not an admin, MLflow reads the caller's row again to look up its grants by
+    user id; server_patches.py takes that row from the credential cache too. Shown by locking the
+    users table once the user's login is cached: their calls still succeed, where MLflow alone
+    waits on the lock. Grants are still read from the database on every call."""
+    server = tracking_server_factory(GUNICORN_WORKERS="1")  # one worker: one cache to warm
+    member = (f"member-{uuid.uuid4().hex[:6]}", f"member-pw-{uuid.uuid4().hex}")
+    server.create_user(*member)
+    _, run_id = server.create_run(f"members-own-{uuid.uuid4().hex[:6]}", as_user=member)
+    locker = postgres.connect(server.auth_db)
+    try:
+        with locker.cursor() as cur:
+            cur.execute("SET lock_timeout = '30s'")
+            cur.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")  # held until the rollback below
+        logged = requests.post(f"{server.url}{API}/runs/log-metric", auth=member, timeout=10,
+                               json={"run_id": run_id, "key": "loss", "value": 0.5, "timestamp": 0, "step": 1})
+        read = requests.get(f"{server.url}{API}/runs/get", auth=member, timeout=10, params={"run_id": run_id})
+        assert (logged.status_code, read.status_code) == (200, 200), (logged.text, read.text)
+        assert read.json()["run"]["data"]["metrics"] == [{"key": "loss", "value": 0.5, "timestamp": 0, "step": 1}]
+    finally:
+        locker.rollback()
+        locker.close()
         server.stop()
