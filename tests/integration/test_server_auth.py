@@ -20,8 +20,8 @@ def users(tracking_server):
     return accounts
 
 
-def call(server, method, path, auth=None, **kwargs):
-    return requests.request(method, f"{server.url}{API}{path}", auth=auth, timeout=30, **kwargs)
+def call(server, method, path, auth=None, api=API, **kwargs):
+    return requests.request(method, f"{server.url}{api}{path}", auth=auth, timeout=30, **kwargs)
 
 
 def test_anonymous_request_is_refused(tracking_server):
@@ -189,3 +189,57 @@ def test_a_logged_in_user_s_calls_do_not_read_the_users_table(tracking_server_fa
         locker.rollback()
         locker.close()
         server.stop()
+
+
+def test_links_to_logged_models_are_withheld_from_a_user_denied_logged_models(tracking_server, users):
+    """MLflow parses every runs/get and runs/search answer for a user who is not an admin, to
+    withhold links to logged models that user may not see; server_patches.py skips that parse for
+    answers that hold no such link. Both kinds of link are still withheld, runs without are served as is."""
+    member, admin = users["other"], tracking_server.admin_auth
+    experiment_id, plain_run = tracking_server.create_run(f"linked-{uuid.uuid4().hex[:6]}", as_user=member)
+    model = call(tracking_server, "POST", "/logged-models", auth=admin,
+                 json={"experiment_id": experiment_id, "name": "detector"})
+    assert model.status_code == 200, model.text
+    model_id = model.json()["model"]["info"]["model_id"]
+    # Each kind of link on a run of its own (links are written by the admin: the member may not, later).
+    links = {"outputs": ("/runs/outputs", {"models": [{"model_id": model_id, "step": 3}]}),
+             "inputs": ("/runs/log-inputs", {"models": [{"model_id": model_id}]})}
+    run_ids = {"plain": plain_run}
+    for kind, (path, body) in links.items():
+        run_ids[kind] = call(tracking_server, "POST", "/runs/create", auth=member,
+                             json={"experiment_id": experiment_id}).json()["run"]["info"]["run_id"]
+        response = call(tracking_server, "POST", path, auth=admin, json={"run_id": run_ids[kind], **body})
+        assert response.status_code == 200, response.text
+    for run_id in run_ids.values():
+        assert call(tracking_server, "POST", "/runs/log-parameter", auth=member,
+                    json={"run_id": run_id, "key": "model.backbone", "value": "R50"}).status_code == 200
+
+    def seen_by(auth):
+        """Each run as runs/get and as runs/search answer it."""
+        page = call(tracking_server, "POST", "/runs/search", auth=auth, json={"experiment_ids": [experiment_id]})
+        searched = {run["info"]["run_id"]: run for run in page.json()["runs"]}
+        return {kind: (call(tracking_server, "GET", "/runs/get", auth=auth, params={"run_id": run_id}).json()["run"],
+                       searched[run_id])
+                for kind, run_id in run_ids.items()}
+
+    as_admin = seen_by(admin)
+    assert as_admin["outputs"][0]["outputs"]["model_outputs"] == [{"model_id": model_id, "step": 3}]
+    assert as_admin["inputs"][0]["inputs"]["model_inputs"] == [{"model_id": model_id}]
+    assert seen_by(member) == as_admin  # nothing is denied to them yet
+
+    role = call(tracking_server, "POST", "/roles/create", api="/api/3.0/mlflow", auth=admin,
+                json={"name": f"no-models-{uuid.uuid4().hex[:6]}", "workspace": "default"})
+    assert role.status_code == 200, role.text
+    role_id = role.json()["role"]["id"]
+    for path, body in [("/roles/permissions/add", {"role_id": role_id, "resource_type": "logged_model",
+                                                   "resource_pattern": "*", "permission": "DENY"}),
+                       ("/roles/assign", {"role_id": role_id, "username": member[0]})]:
+        response = call(tracking_server, "POST", path, api="/api/3.0/mlflow", auth=admin, json=body)
+        assert response.status_code == 200, response.text
+
+    as_member = seen_by(member)
+    assert as_member["plain"] == as_admin["plain"]
+    for answered in as_member["outputs"]:
+        assert "model_outputs" not in answered.get("outputs", {})
+    for answered in as_member["inputs"]:
+        assert "model_inputs" not in answered.get("inputs", {})
