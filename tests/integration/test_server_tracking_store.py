@@ -1,11 +1,12 @@
 """services/mlflow/tracking_store.py: metric writes in one PostgreSQL statement store exactly what
 MLflow's own SQL store stores and refuse exactly what it refuses; runs read in one statement are
-the runs MLflow's store reads.
+the runs MLflow's store reads, and searches return the pages MLflow's store returns.
 
-Each scenario is replayed call by call against MLflow's ``SqlAlchemyStore`` and against cvops'
-``PostgresTrackingStore``, each on its own database of one real PostgreSQL cluster; the rows of
-``metrics`` and ``latest_metrics`` (what the UI's charts and run table read), every run ``get_run``
-returns and every error must be identical.
+Each write scenario is replayed call by call against MLflow's ``SqlAlchemyStore`` and against
+cvops' ``PostgresTrackingStore``, each on its own database of one real PostgreSQL cluster; the rows
+of ``metrics`` and ``latest_metrics`` (what the UI's charts and run table read), every run
+``get_run`` returns and every error must be identical. Searches run on one database through both
+stores, so that even ties broken by run id must come out in the same order.
 """
 
 import importlib.util
@@ -28,6 +29,7 @@ from mlflow.entities import (
     Param,
     RunStatus,
     RunTag,
+    ViewType,
 )
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -257,6 +259,94 @@ def test_an_empty_or_missing_run_reads_alike(replay):
     assert replay.assert_same_run()["data"] == {"tags": [{"key": "mlflow.runName", "value": "run"}]}
     replay.runs = dict.fromkeys(replay.runs, uuid.uuid4().hex)
     assert "not found" in replay.assert_same_outcome("get_run")
+
+
+@pytest.fixture(scope="module")
+def searched(postgres, tmp_path_factory):
+    """Both stores on one database that MLflow's store filled with runs of every shape; returns
+    (stores by name, experiment ids)."""
+    database, mlflow_store = _new_store(postgres, SqlAlchemyStore, str(tmp_path_factory.mktemp("searched")))
+    cvops_store = tracking_store.PostgresTrackingStore(postgres.url(database), mlflow_store.artifact_root_uri)
+    detection, other = (mlflow_store.create_experiment(f"{name}-{uuid.uuid4().hex[:6]}") for name in ("det", "other"))
+    random.seed(7)
+    coco = Dataset("coco-val", "d41d8cd9", "local", '{"uri": "/data/coco/val"}', '{"mlflow_colspec": []}')
+    for i in range(16):
+        # start times repeat, so the run id breaks ties in the default order
+        run_id = mlflow_store.create_run(detection, "tester", 1000 + i % 6, [RunTag("stage", ("train", "eval")[i % 3 == 0])],
+                                         f"r{i:02d}").info.run_id
+        metrics = [Metric("loss", random.choice([random.random(), math.nan, math.inf]) if i % 5 else i / 10, 0, 1)]
+        metrics += [Metric("mAP", i / 20, 0, 1)] if i % 2 == 0 else []
+        params = [Param("optimizer", ("sgd", "adam")[i % 2]), Param("lr", f"{0.001 * (i % 4 + 1):g}")] if i % 7 else []
+        mlflow_store.log_batch(run_id, metrics, params, [RunTag("note", f"n{i % 4}")])
+        if i % 4 == 1:
+            mlflow_store.update_run_info(run_id, RunStatus.FINISHED, 5000 + i, None)
+        if i in (3, 8):
+            mlflow_store.log_inputs(run_id, [DatasetInput(coco, [InputTag("mlflow.data.context", "eval")])])
+        if i == 4:
+            mlflow_store.log_inputs(run_id, None, [LoggedModelInput("m-0123456789abcdef")])
+            mlflow_store.log_outputs(run_id, [LoggedModelOutput("m-fedcba9876543210", 2)])
+        if i in (5, 12):
+            mlflow_store.delete_run(run_id)
+        if i == 9:  # runs from MLflow 1.x carry their name only in a tag
+            with postgres.connect(database) as conn, conn.cursor() as cursor:
+                cursor.execute("UPDATE runs SET name = NULL WHERE run_uuid = %s", (run_id,))
+    for i in range(3):
+        mlflow_store.create_run(other, "tester", 900 + i, [], f"o{i}")
+    return {"mlflow": mlflow_store, "cvops": cvops_store}, (detection, other)
+
+
+def _all_pages(store, experiment_ids, filter_string, view_type, max_results, order_by):
+    """Every page, as the REST API would send it (repeated fields within a run in a fixed order), or
+    the error."""
+    pages, token = [], None
+    while True:
+        try:
+            page = store.search_runs(experiment_ids, filter_string, view_type, max_results, order_by, token)
+        except MlflowException as error:
+            return pages + [f"{error.error_code}: {error.message}"]
+        pages.append(([_sorted_lists(MessageToDict(run.to_proto(), preserving_proto_field_name=True))
+                       for run in page], page.token))
+        token = page.token
+        if not token:
+            return pages
+
+
+SEARCHES = [
+    ("", None),
+    ("params.optimizer = 'sgd'", ["metrics.mAP DESC"]),
+    ("metrics.loss < 0.5", ["params.lr ASC", "attributes.run_name DESC"]),
+    ("tags.stage = 'train' and attributes.status = 'FINISHED'", ["attributes.start_time ASC"]),
+    ("attributes.run_name LIKE 'r1%'", ["tags.note DESC"]),
+    ("tags.`mlflow.runName` = 'r09'", None),
+    ("datasets.name = 'coco-val'", None),
+    ("metrics.mAP >= 0.2", ["attributes.end_time DESC", "metrics.loss"]),
+    ("params.lr != '0.002'", ["metrics.mAP ASC", "params.optimizer DESC"]),
+    ("params.missing = 'x'", None),
+    ("params.optimizer ==== 'sgd'", None),
+    ("", ["metrics.mAP SIDEWAYS"]),
+]
+
+
+@pytest.mark.parametrize("filter_string, order_by", SEARCHES)
+def test_searches_return_the_same_pages(searched, filter_string, order_by):
+    stores, (detection, other) = searched
+    for experiment_ids in ([detection], [detection, other]):
+        for view_type in (ViewType.ACTIVE_ONLY, ViewType.DELETED_ONLY, ViewType.ALL):
+            for max_results in (1, 5, None):
+                pages = {name: _all_pages(store, experiment_ids, filter_string, view_type, max_results, order_by)
+                         for name, store in stores.items()}
+                assert pages["cvops"] == pages["mlflow"], (experiment_ids, view_type, max_results)
+
+
+def test_search_arguments_are_refused_alike(searched):
+    stores, (detection, _) = searched
+    for max_results, page_token in ((0, None), (50001, None), (5, "not-a-token")):
+        outcomes = {}
+        for name, store in stores.items():
+            with pytest.raises(MlflowException) as refused:
+                store.search_runs([detection], "", ViewType.ALL, max_results, None, page_token)
+            outcomes[name] = (refused.value.error_code, refused.value.message)
+        assert outcomes["cvops"] == outcomes["mlflow"]
 
 
 def test_the_server_writes_metrics_through_it(tracking_server):
