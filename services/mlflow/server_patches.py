@@ -44,12 +44,12 @@ is not an admin makes.
 
 Run answers without links to logged models are not redacted. For a user who is not an admin,
 MLflow parses every runs/get and runs/search answer back into protobuf to withhold links to
-logged models the user may be denied, and finds none in runs that have none: ~7 ms of a page of
-10 typical runs (docs/performance.md), growing with the page (the UI asks for 100). An answer in
+logged models the user may be denied, and finds none in runs that have none: 5–7 ms of a page
+of 10 typical runs (docs/performance.md), growing with the page (the UI asks for 100). An answer in
 which no logged model is named cannot need it, so only those that name one are checked.
 
-The UI's default view for new browsers: ui_defaults.py. Metric writes in one PostgreSQL statement:
-tracking_store.py.
+The UI's default view for new browsers: ui_defaults.py. Metric writes, run reads and searches in
+one or two PostgreSQL statements: tracking_store.py.
 """
 
 import functools
