@@ -151,6 +151,8 @@ def _caller_from_the_auth_cache(auth):
 
     uncached_get_user = auth.store.get_user
 
+    # A plain cache lookup: MLflow's _authenticate_cached would check the password again on a miss,
+    # and it fills the cache through store.get_user, which would come back here.
     @functools.wraps(uncached_get_user)
     def get_user(username):
         credentials = request.authorization if has_request_context() else None

@@ -141,8 +141,9 @@ def test_promoting_and_demoting_an_admin_takes_effect_within_the_cache_ttl(track
 
 def test_a_logged_in_admin_s_calls_need_no_auth_database_round_trip(tracking_server_factory, postgres):
     """server_patches.py answers "is the caller an admin?" from the caller's row in the credential
-    cache, saving an auth-database conversation per request. Shown by closing the auth database once the admin's
-    login is cached: their calls still succeed, where MLflow alone asks the database and fails."""
+    cache, saving an auth-database conversation per request. Shown by closing the auth database
+    once the admin's login is cached: their calls still succeed, where MLflow alone asks the
+    database and fails."""
     server = tracking_server_factory(GUNICORN_WORKERS="1")  # one worker: one cache to warm
     maintenance = postgres.connect()
     maintenance.autocommit = True
