@@ -10,15 +10,14 @@ Output: a DataFrame, one row per image, columns ``boxes`` (list of [x1, y1, x2, 
 from __future__ import annotations
 
 import io
-import logging
+import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from cvops.evaluation import Detections
-
-log = logging.getLogger(__name__)
 
 
 def images_from_model_input(model_input: Any) -> list[np.ndarray]:
@@ -59,11 +58,67 @@ def detections_frame(detections: Sequence[Detections]):
 
 
 def _cvops_code_path() -> str:
-    # The detector classes live in cvops: shipping the package with the model lets any
-    # environment that loads it (mlflow models serve, a notebook) import them without cvops.
+    # The detector classes live in cvops, which no package index has: the model carries the
+    # package (code_paths), so any environment built from its requirements can import them.
     import cvops
 
     return str(Path(cvops.__file__).parent)
+
+
+# What the shipped detector classes import besides the framework (cvops.evaluation and this
+# module: numpy, pandas for the output frame, Pillow for encoded images).
+_DETECTOR_RUNTIME = ("numpy", "pandas", "pillow", "cloudpickle")
+
+
+class ModelEnvironmentError(RuntimeError):
+    pass
+
+
+def pinned_requirement(*distributions: str) -> str:
+    """The first of ``distributions`` installed here, pinned as this environment has it: a VCS
+    install (PEP 610 ``direct_url.json``) as ``name @ git+URL@commit``, the way detectron2's users
+    install it; anything else as ``name==version``, which a site's wheelhouse (``--find-links``)
+    or a package index resolves. Local version labels (``+cpu``) are dropped: they name a build,
+    not a release, and no index serves them by that name."""
+    from importlib import metadata
+
+    for name in distributions:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
+        vcs = direct_url.get("vcs_info", {})
+        if vcs.get("vcs") == "git" and vcs.get("commit_id"):
+            return f"{name} @ git+{direct_url['url']}@{vcs['commit_id']}"
+        return f"{name}=={dist.version.split('+', 1)[0]}"
+    raise ModelEnvironmentError(
+        f"none of {', '.join(distributions)} is installed here, so the model's environment cannot name it; "
+        f"log the model from the environment that trained it"
+    )
+
+
+def detector_requirements(*framework: tuple[str, ...]) -> list[str]:
+    """requirements.txt of a logged detector: each framework entry (alternatives, first installed
+    wins, e.g. ``("tensorflow", "tensorflow-cpu")``) and the wrappers' runtime, all pinned as here.
+    MLflow adds its own pin; cvops itself travels in the model's code_paths."""
+    return [pinned_requirement(*alternatives) for alternatives in framework] + [
+        pinned_requirement(name) for name in _DETECTOR_RUNTIME
+    ]
+
+
+CANDIDATE = "candidate"
+
+
+def announce(version) -> None:
+    # Printed, not logged: a training script's user needs the version for the promotion gate
+    # and rarely configures logging for cvops.
+    print(
+        f"cvops: registered {version.name} version {version.version} as @{CANDIDATE} "
+        f"(models:/{version.name}@{CANDIDATE})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def log_detector(
@@ -72,9 +127,10 @@ def log_detector(
     *,
     artifacts: dict[str, str],
     registered_model_name: str,
-    extra_pip_requirements: Sequence[str] = (),
+    framework_requirements: Sequence[tuple[str, ...]],
 ):
-    """Log a detector PythonModel with its files and register it (cvops.registry)."""
+    """Log a detector PythonModel with its files, register it, and point ``@candidate`` at the
+    new version (cvops.registry); returns the RegisteredVersion."""
     from cvops import registry
 
     version = registry.log_model_and_register(
@@ -84,9 +140,10 @@ def log_detector(
         registered_model_name=registered_model_name,
         artifacts=artifacts,
         code_paths=[_cvops_code_path()],
-        extra_pip_requirements=list(extra_pip_requirements),
+        pip_requirements=detector_requirements(*framework_requirements),
+        aliases=(CANDIDATE,),
     )
-    log.info("cvops: registered %s version %s", version.name, version.version)
+    announce(version)
     return version
 
 
@@ -111,7 +168,8 @@ def log_keras_model(run: Any, model: Any, *, input_example: Any, registered_mode
         # model directory, so logging one fails; the signature still describes the input.
         flavor, example = "keras", None
     version = registry.log_model_and_register(
-        run, model, flavor, registered_model_name=registered_model_name, signature=signature, input_example=example
+        run, model, flavor, registered_model_name=registered_model_name, signature=signature,
+        input_example=example, aliases=(CANDIDATE,),
     )
-    log.info("cvops: registered %s version %s", version.name, version.version)
+    announce(version)
     return version

@@ -32,7 +32,6 @@ from typing import Any, Mapping, Sequence
 import mlflow.pyfunc
 import numpy as np
 
-import cvops
 from cvops import evaluation
 from cvops.evaluation import Detections
 from cvops.integrations import _pyfunc
@@ -120,7 +119,7 @@ class StorageForwarder:
             if iteration <= self._last_iter.get(name, -1):
                 continue
             self._last_iter[name] = iteration
-            by_iter.setdefault(int(iteration), {})[cvops.sanitize_metric_name(name)] = float(value)
+            by_iter.setdefault(int(iteration), {})[name] = float(value)
         for iteration, metrics in sorted(by_iter.items()):
             self.run.log_metrics(metrics, step=iteration)
         self._forward_images(storage)
@@ -240,7 +239,7 @@ class CvopsHook(_HookBase):
     def log_evaluation(self, results: Mapping[str, Any], step: int | None = None) -> None:
         """For results of ``trainer.test(cfg, model)`` run outside EvalHook."""
         step = self.trainer.iter if step is None else step
-        self.run.log_metrics({cvops.sanitize_metric_name(k): v for k, v in flatten_results(results).items()}, step=step)
+        self.run.log_metrics(flatten_results(results), step=step)
 
     def _output_dir(self) -> Path | None:
         cfg = getattr(self.trainer, "cfg", None)
@@ -323,5 +322,6 @@ def log_detectron2_model(run: Any, weights: str | Path, config_yaml: str, *, reg
         Detectron2Detector(),
         artifacts={"weights": str(weights), "config": str(config_path)},
         registered_model_name=registered_model_name,
-        extra_pip_requirements=["torch", "detectron2"],
+        framework_requirements=[("torch",), ("torchvision",), ("detectron2",),
+                                ("opencv-python-headless", "opencv-python")],
     )

@@ -30,7 +30,6 @@ from typing import Any, Sequence
 
 import mlflow.pyfunc
 
-import cvops
 from cvops.evaluation import Detections
 from cvops.integrations import _pyfunc
 from cvops.integrations._common import never_raises
@@ -49,7 +48,9 @@ def source_prefix(source: str) -> str:
 
 
 def metric_name(source: str, tag: str) -> str:
-    return cvops.sanitize_metric_name(source_prefix(source) + tag)
+    """The name as the OD API wrote it; the Run sanitises it and keeps the mapping
+    (``cvops/name_mapping.json``) back to this original."""
+    return source_prefix(source) + tag
 
 
 class ModelDirMirror:
@@ -306,5 +307,5 @@ def log_saved_model_detector(run: Any, saved_model: str | Path, *, registered_mo
         SavedModelDetector(),
         artifacts={"saved_model": str(saved_model)},
         registered_model_name=registered_model_name,
-        extra_pip_requirements=["tensorflow"],
+        framework_requirements=[("tensorflow", "tensorflow-cpu")],
     )

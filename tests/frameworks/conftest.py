@@ -1,0 +1,38 @@
+"""The framework tier: the real Detectron2 and the real, unmodified TF Object Detection API, each
+in its own virtual environment (tests/frameworks/environments.py), training against the real
+tracking server that tests/harness starts. The tests run the frameworks as a user does (a
+training script, ``cvops tfod``) in a subprocess and read back from the server what arrived.
+
+Tests skip, saying why, where the framework wheelhouse or CPython 3.11 is missing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.frameworks import environments
+from tests.integration.sdk_env import use_sdk_env
+
+@pytest.fixture(scope="session")
+def framework_python():
+    """``framework_python("detectron2")``: that environment's interpreter (built when missing)."""
+
+    def get(name: str) -> Path:
+        try:
+            return environments.ensure(name)
+        except environments.Unavailable as reason:
+            pytest.skip(f"the {name} environment cannot be built here: {reason}")
+
+    return get
+
+
+@pytest.fixture
+def framework_env(tracking_server, monkeypatch, tmp_path):
+    """The process environment a training job gets: the harness server's URL and admin login,
+    a private spool, and this checkout's cvops ahead of the one installed in the environment."""
+    use_sdk_env(monkeypatch, tracking_server, tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(environments.REPO_ROOT / "trainer" / "src"))
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    return tracking_server

@@ -1,0 +1,58 @@
+"""What the framework tier's tests share: running a training command with its log kept, and the
+check that a logged model's own requirements rebuild an environment that serves it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.frameworks import environments
+
+EXAMPLES = environments.REPO_ROOT / "trainer" / "examples"
+
+
+def run_logged(command: list[str], *, log_path: Path, timeout_s: float, cwd: Path | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a training command with its output in ``log_path``; a failure shows the log's tail."""
+    with open(log_path, "wb") as log:
+        result = subprocess.run([str(part) for part in command], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=cwd, env=env or dict(os.environ), timeout=timeout_s)
+    result.output = log_path.read_text(errors="replace")
+    return result
+
+
+def tail(text: str, chars: int = 6000) -> str:
+    return text[-chars:]
+
+
+def model_environment_predicts(model_uri: str, images, tmp_path: Path) -> list[dict]:
+    """Build a fresh virtualenv from nothing but the logged model's own requirements.txt (with the
+    framework wheelhouse as find-links, as a site without GitHub would), then load the model there
+    with MLflow and predict ``images``; returns one {"boxes", "scores", "classes"} per image."""
+    import mlflow
+    import numpy as np
+
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(model_uri, format="pip"))
+    model_dir = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "model")))
+    venv = tmp_path / "model-venv"
+    subprocess.run([environments.PYTHON, "-m", "venv", str(venv)], check=True)
+    wheels = environments.wheelhouse()
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-input", "-r", str(requirements)]
+    if wheels is not None:
+        pip += ["--find-links", str(wheels)]
+    installed = subprocess.run(pip, capture_output=True, text=True, timeout=1500)
+    assert installed.returncode == 0, f"pip install -r {requirements.read_text()}\n{tail(installed.stderr)}"
+    np.save(tmp_path / "images.npy", np.stack(images).astype(np.uint8))
+    script = (
+        "import json, sys, numpy as np, mlflow.pyfunc\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "frame = model.predict(list(np.load(sys.argv[2])))\n"
+        "print('PREDICTIONS ' + frame.to_json(orient='records'))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    predicted = subprocess.run([str(venv / "bin" / "python"), "-c", script, str(model_dir), str(tmp_path / "images.npy")],
+                               capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert predicted.returncode == 0, tail(predicted.stderr)
+    line = next(line for line in predicted.stdout.splitlines() if line.startswith("PREDICTIONS "))
+    return json.loads(line[len("PREDICTIONS "):])
