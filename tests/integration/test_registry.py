@@ -84,6 +84,23 @@ def test_promotion_gate_moves_the_alias_only_when_every_gate_passes(sdk_env, tmp
     assert model.metadata.signature is not None  # inferred from the input example
 
 
+def test_a_nan_metric_never_promotes_a_challenger_and_sets_no_bar_as_champion(sdk_env, tmp_path):
+    """COCO evaluators report bbox/AP = NaN when a model detected nothing (docs/integrations.md)."""
+    client = MlflowClient(sdk_env.url)
+    name = f"sdk-gate-nan-{uuid.uuid4().hex[:6]}"
+    detected_nothing = _train_and_register(name, ap=float("nan"), latency=20.0, tmp_path=tmp_path)
+    decision = registry.promote(name, detected_nothing.version, GATES, client=client)
+    assert not decision.promoted
+    [failed] = [c for c in decision.checks if not c.passed]
+    assert failed.metric == "bbox/AP" and "NaN" in failed.reason
+
+    registry.set_alias(name, "champion", detected_nothing.version, client=client)
+    trained = _train_and_register(name, ap=35.0, latency=20.0, tmp_path=tmp_path)
+    decision = registry.promote(name, trained.version, GATES, client=client)
+    assert decision.promoted, decision.summary()
+    assert "champion's value is NaN" in decision.summary()
+
+
 def test_model_card_describes_data_metrics_and_setup(sdk_env, tmp_path):
     client = MlflowClient(sdk_env.url)
     data = tmp_path / "train"

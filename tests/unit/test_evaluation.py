@@ -36,6 +36,17 @@ def test_perfect_predictions_score_ap_one_and_a_diagonal_confusion_matrix():
     assert result.confusion_matrix.sum() == 3
 
 
+def test_a_model_that_detects_nothing_scores_zero_not_nan():
+    # COCO tools report NaN (Detectron2) or -1 (pycocotools) here; cvops' definition is 0: the
+    # classes with ground truth were all missed. NaN stays for "no ground truth to score against".
+    gt = [Detections([[0, 0, 10, 10]], [0]), Detections([[5, 5, 25, 25]], [1])]
+    nothing = [Detections(np.zeros((0, 4)), [], []) for _ in gt]
+    result = evaluate_detections(nothing, gt, CLASSES)
+    assert (result.map, result.map50, result.classes[0].ap) == (0.0, 0.0, 0.0)
+    no_ground_truth = evaluate_detections(nothing, [Detections(np.zeros((0, 4)), []) for _ in gt], CLASSES)
+    assert math.isnan(no_ground_truth.map)
+
+
 def test_ap_uses_the_101_point_interpolated_precision_envelope():
     # Two cars; predictions by score: hit (0.9), false alarm (0.8), hit (0.7).
     # precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 -> envelope 1 up to recall 0.5 (51 grid points)

@@ -18,7 +18,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 # COCO's IoU thresholds (0.50:0.05:0.95) and 101-point recall grid, so "AP" here means what
-# pycocotools and Detectron2's COCOEvaluator report (without crowd/area handling).
+# pycocotools and Detectron2's COCOEvaluator report (without crowd/area handling), with one
+# difference, on purpose: a class with ground truth and no detections has AP 0 (its recall is
+# 0), where pycocotools reports -1 and Detectron2 NaN. So eval/mAP of a model that detected
+# nothing is 0.0, and NaN means only that the evaluation set has no ground truth at all.
 COCO_IOU_THRESHOLDS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2))
 _RECALL_GRID = np.linspace(0.0, 1.0, 101)
 

@@ -179,14 +179,22 @@ def _check(gate: Gate, challenger: dict[str, float], champion: dict[str, float] 
     metric = sanitize_metric_name(gate.metric)
     value = challenger.get(metric)
     reference = champion.get(metric) if champion is not None else None
-    if value is None or math.isnan(value):
+    if value is None:
         return GateCheck(gate.metric, False, value, reference, "the challenger has no value for this metric")
+    if math.isnan(value):
+        # COCO tools report AP as NaN when a model detected nothing at all: never promotable.
+        return GateCheck(gate.metric, False, value, reference,
+                         "the challenger's value is NaN (COCO reports NaN AP when the model detected nothing)")
     if gate.min_value is not None and value < gate.min_value:
         return GateCheck(gate.metric, False, value, reference, f"{value:g} < minimum {gate.min_value:g}")
     if gate.max_value is not None and value > gate.max_value:
         return GateCheck(gate.metric, False, value, reference, f"{value:g} > maximum {gate.max_value:g}")
-    if reference is None or math.isnan(reference):
+    if reference is None:
         return GateCheck(gate.metric, True, value, reference, f"{value:g} within bounds; no champion value")
+    if math.isnan(reference):
+        # A champion that detected nothing sets no bar to beat; the bounds still apply.
+        return GateCheck(gate.metric, True, value, reference,
+                         f"{value:g} within bounds; the champion's value is NaN, so there is nothing to beat")
     improvement = value - reference if gate.higher_is_better else reference - value
     direction = "higher" if gate.higher_is_better else "lower"
     if improvement < gate.min_improvement:
@@ -200,6 +208,10 @@ def _check(gate: Gate, challenger: dict[str, float], champion: dict[str, float] 
 def promote(registered_model_name: str, challenger_version: str | int, gates: Iterable[Gate],
             alias: str = CHAMPION, client: MlflowClient | None = None, dry_run: bool = False) -> PromotionDecision:
     """Compare a version's run metrics with the current ``alias`` holder and the gates' bounds.
+
+    NaN (what COCO evaluators report for AP when a model detected nothing) fails a challenger's
+    gate; a champion's NaN leaves only the bounds to check. cvops' own ``eval/mAP`` is 0, not
+    NaN, in that case (cvops.evaluation), so it never hits this rule.
 
     The alias moves to the challenger only when every gate passes (and not with ``dry_run``).
     The decision is also stored as the tag ``cvops.promotion_decision`` on the challenger version.
