@@ -26,10 +26,11 @@ def tail(text: str, chars: int = 6000) -> str:
     return text[-chars:]
 
 
-def model_environment_predicts(model_uri: str, images, tmp_path: Path) -> list[dict]:
+def model_environment_predicts(model_uri: str, inputs, tmp_path: Path):
     """Build a fresh virtualenv from nothing but the logged model's own requirements.txt (with the
     framework wheelhouse as find-links, as a site without GitHub would), then load the model there
-    with MLflow and predict ``images``; returns one {"boxes", "scores", "classes"} per image."""
+    with MLflow and predict ``inputs`` (an array); returns the prediction as JSON data (a
+    detector's frame as one {"boxes", "scores", "classes"} record per image)."""
     import mlflow
     import numpy as np
 
@@ -43,15 +44,18 @@ def model_environment_predicts(model_uri: str, images, tmp_path: Path) -> list[d
         pip += ["--find-links", str(wheels)]
     installed = subprocess.run(pip, capture_output=True, text=True, timeout=1500)
     assert installed.returncode == 0, f"pip install -r {requirements.read_text()}\n{tail(installed.stderr)}"
-    np.save(tmp_path / "images.npy", np.stack(images).astype(np.uint8))
+    np.save(tmp_path / "inputs.npy", np.asarray(inputs))
     script = (
-        "import json, sys, numpy as np, mlflow.pyfunc\n"
+        "import json, sys, numpy as np, pandas as pd, mlflow.pyfunc\n"
         "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
-        "frame = model.predict(list(np.load(sys.argv[2])))\n"
-        "print('PREDICTIONS ' + frame.to_json(orient='records'))\n"
+        "out = model.predict(np.load(sys.argv[2]))\n"
+        "if isinstance(out, pd.DataFrame): out = json.loads(out.to_json(orient='records'))\n"
+        "elif isinstance(out, dict): out = {k: np.asarray(v).tolist() for k, v in out.items()}\n"
+        "else: out = np.asarray(out).tolist()\n"
+        "print('PREDICTIONS ' + json.dumps(out))\n"
     )
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    predicted = subprocess.run([str(venv / "bin" / "python"), "-c", script, str(model_dir), str(tmp_path / "images.npy")],
+    predicted = subprocess.run([str(venv / "bin" / "python"), "-c", script, str(model_dir), str(tmp_path / "inputs.npy")],
                                capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert predicted.returncode == 0, tail(predicted.stderr)
     line = next(line for line in predicted.stdout.splitlines() if line.startswith("PREDICTIONS "))

@@ -66,8 +66,8 @@ def _cvops_code_path() -> str:
 
 
 # What the shipped detector classes import besides the framework (cvops.evaluation and this
-# module: numpy, pandas for the output frame, Pillow for encoded images).
-_DETECTOR_RUNTIME = ("numpy", "pandas", "pillow", "cloudpickle")
+# module: numpy, pandas for the output frame, Pillow for encoded images), and MLflow's unpickler.
+_DETECTOR_RUNTIME = (("numpy",), ("pandas",), ("pillow",), ("cloudpickle",))
 
 
 class ModelEnvironmentError(RuntimeError):
@@ -98,13 +98,15 @@ def pinned_requirement(*distributions: str) -> str:
     )
 
 
-def detector_requirements(*framework: tuple[str, ...]) -> list[str]:
-    """requirements.txt of a logged detector: each framework entry (alternatives, first installed
-    wins, e.g. ``("tensorflow", "tensorflow-cpu")``) and the wrappers' runtime, all pinned as here.
-    MLflow adds its own pin; cvops itself travels in the model's code_paths."""
-    return [pinned_requirement(*alternatives) for alternatives in framework] + [
-        pinned_requirement(name) for name in _DETECTOR_RUNTIME
-    ]
+def pinned_requirements(*entries: tuple[str, ...]) -> list[str]:
+    """requirements.txt of a logged model: each entry pinned as this environment has it (an entry
+    lists alternatives, first installed wins, e.g. ``("tensorflow", "tensorflow-cpu")``: MLflow's
+    own inference lists both when the CPU build is installed, and unpinned where it guesses).
+    MLflow adds its own pin; cvops itself travels in a detector's code_paths."""
+    return [pinned_requirement(*alternatives) for alternatives in entries]
+
+
+TENSORFLOW = ("tensorflow", "tensorflow-cpu")
 
 
 CANDIDATE = "candidate"
@@ -140,7 +142,7 @@ def log_detector(
         registered_model_name=registered_model_name,
         artifacts=artifacts,
         code_paths=[_cvops_code_path()],
-        pip_requirements=detector_requirements(*framework_requirements),
+        pip_requirements=pinned_requirements(*framework_requirements, *_DETECTOR_RUNTIME),
         aliases=(CANDIDATE,),
     )
     announce(version)
@@ -170,6 +172,7 @@ def log_keras_model(run: Any, model: Any, *, input_example: Any, registered_mode
     version = registry.log_model_and_register(
         run, model, flavor, registered_model_name=registered_model_name, signature=signature,
         input_example=example, aliases=(CANDIDATE,),
+        pip_requirements=pinned_requirements(TENSORFLOW, ("keras",), ("numpy",), ("cloudpickle",)),
     )
     announce(version)
     return version

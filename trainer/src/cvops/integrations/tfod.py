@@ -307,5 +307,5 @@ def log_saved_model_detector(run: Any, saved_model: str | Path, *, registered_mo
         SavedModelDetector(),
         artifacts={"saved_model": str(saved_model)},
         registered_model_name=registered_model_name,
-        framework_requirements=[("tensorflow", "tensorflow-cpu")],
+        framework_requirements=[_pyfunc.TENSORFLOW],
     )
