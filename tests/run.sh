@@ -6,14 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${CVOPS_VENV:-$ROOT/.venv}
-# The workplace's stand-in image builder sits beside the checkout (../shared); a clone made
-# elsewhere on the same machine finds it under /work/shared.
+# Machines without a container registry keep a stand-in image builder and the framework wheels in
+# ../shared beside the checkout (or where CVOPS_SHARED_DIR points).
+SHARED_DIR=${CVOPS_SHARED_DIR:-$ROOT/../shared}
 OFFLINE_SETUP=${DOCKER_OFFLINE_SETUP:-}
-if [ -z "$OFFLINE_SETUP" ]; then
-    for candidate in "$ROOT/../shared/docker-offline/setup.sh" /work/shared/docker-offline/setup.sh; do
-        if [ -f "$candidate" ]; then OFFLINE_SETUP=$candidate; break; fi
-    done
+if [ -z "$OFFLINE_SETUP" ] && [ -f "$SHARED_DIR/docker-offline/setup.sh" ]; then
+    OFFLINE_SETUP=$SHARED_DIR/docker-offline/setup.sh
 fi
+export CVOPS_FRAMEWORK_WHEELS=${CVOPS_FRAMEWORK_WHEELS:-$SHARED_DIR/wheels}
 
 step() { printf '\n==> %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
@@ -57,12 +57,25 @@ python_environment() {
     "$VENV/bin/pip" install -q -r requirements-dev.txt -e "./trainer[tfod,jobs,gpu]"
 }
 
+framework_environments() {
+    step "Framework environments (real Detectron2 and TF OD API for tests/frameworks; cached by recipe)"
+    "$VENV/bin/python" -m tests.frameworks.environments
+}
+
+debian_mirror() {
+    # The machine's own Debian archive, as apt knows it (deb822 .sources or one-line sources.list).
+    cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+        | awk '/^URIs:/ {for (i = 2; i <= NF; i++) print $i} /^deb / {print ($2 ~ /^\[/ ? $3 : $2)}' \
+        | grep -E '/debian/?$' | head -n 1
+}
+
 compose_v2() {
     step "Compose v2 (the compose tier checks that v1 and v2 read docker-compose.yml alike)"
     local target=$VENV/libexec/docker-compose-v2
     if docker compose version >/dev/null 2>&1 || [ -x "$target" ]; then echo "present"; return; fi
     # Debian 12 ships only docker-compose 1.29; Debian 13's docker-compose package is v2, a static binary.
-    local mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian} arch work deb
+    local mirror=${DEBIAN_MIRROR:-$(debian_mirror)} arch work deb
+    if [ -z "$mirror" ]; then echo "no Debian mirror in the apt sources: the v1/v2 comparison will skip"; return; fi
     arch=$(dpkg --print-architecture)
     work=$(mktemp -d)
     if curl -fsSL "$mirror/dists/trixie/main/binary-$arch/Packages.xz" | xz -dc >"$work/Packages" \
@@ -89,5 +102,6 @@ run_pytest() {
 install_system_packages
 start_docker_engine
 python_environment
+framework_environments
 compose_v2
 run_pytest "$@"
