@@ -111,13 +111,15 @@ def test_fit_logs_metrics_params_samples_evaluation_and_a_registered_model(track
     assert params["fit.epochs"] in ("2", "1")
 
     artifacts = {f.path for f in client.list_artifacts(run_id)}
-    assert {"model", "samples", "evaluation"} <= artifacts
+    assert {"model_summary.txt", "samples", "evaluation"} <= artifacts
     assert {f.path for f in client.list_artifacts(run_id, "samples")} == {"samples/epoch_000", "samples/epoch_001"}
     assert "samples/epoch_000/00.png" in {f.path for f in client.list_artifacts(run_id, "samples/epoch_000")}
     evaluation_files = {f.path.split("/")[-1] for f in client.list_artifacts(run_id, "evaluation")}
     assert {"per_class_ap.json", "per_class_ap.md", "pr_curves.png", "confusion_matrix.png", "confusion_matrix.json"} <= evaluation_files
-    summary = client.download_artifacts(run_id, "model/summary.txt", str(tmp_path))
+    summary = client.download_artifacts(run_id, "model_summary.txt", str(tmp_path))
     assert "Total params" in open(summary).read()
+    # "model/" is the logged model's directory alone: a file of ours there would shadow it.
+    assert "model/summary.txt" not in {f.path for f in client.list_artifacts(run_id, "model")}
 
     metrics = stored.data.metrics
     for name in ("eval/mAP", "eval/AP50", "eval/AP/red", "eval/AP/green", "inference/latency_p50_ms", "inference/latency_p95_ms", "inference/images_per_s"):

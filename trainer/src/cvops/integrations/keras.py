@@ -34,6 +34,7 @@ keras = require("keras", extra="keras")
 log = logging.getLogger(__name__)
 
 AUTOLOG_FLAVORS = ("tensorflow", "keras")
+SUMMARY_ARTIFACT = "model_summary.txt"
 
 
 def autolog_active() -> bool:
@@ -137,7 +138,8 @@ class CvopsCallback(keras.callbacks.Callback):
         self.run.set_tags({"framework": "keras", "keras_version": keras.__version__})
         lines: list[str] = []
         self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
-        self.run.log_text("\n".join(lines) + "\n", "model/summary.txt")
+        # Not under "model/": that is the logged model's own directory.
+        self.run.log_text("\n".join(lines) + "\n", SUMMARY_ARTIFACT)
         if self._defer_to_autolog:
             return
         params = {f"fit.{key}": value for key, value in (self.params or {}).items()}
