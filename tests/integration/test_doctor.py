@@ -86,10 +86,14 @@ def test_scratch_experiment_is_deleted(tracking_server, team_member, home, monke
     assert code == 0, output
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", tracking_server.admin_username)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", tracking_server.admin_password)
-    leftovers = MlflowClient(tracking_server.url).search_experiments(
-        view_type=ViewType.ACTIVE_ONLY, filter_string="name LIKE 'cvops-doctor/%'"
-    )
+    client = MlflowClient(tracking_server.url)
+    leftovers = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, filter_string="name LIKE 'cvops-doctor/%'")
     assert leftovers == []
+    # The scratch run is ended before it is deleted: nothing of the doctor's stays RUNNING.
+    scratch_id = re.search(r"scratch experiment (\d+)", output).group(1)
+    runs = client.search_runs([scratch_id], run_view_type=ViewType.ALL)
+    assert runs and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.info.lifecycle_stage for r in runs} == {"deleted"}
 
 
 @pytest.mark.integration

@@ -591,8 +591,15 @@ def cleanup(probe: Probe) -> CheckResult:
                 ).delete_artifacts()
             except Exception:  # noqa: BLE001 - cleanup is best effort
                 leftovers.append("artifacts")
+
+        def end_and_delete_run():
+            if probe.run_id:
+                # Ended first: a deleted run left RUNNING shows as in progress wherever it is listed.
+                client.set_terminated(probe.run_id, "FINISHED")
+                client.delete_run(probe.run_id)
+
         for what, delete in (
-            ("run", lambda: probe.run_id and client.delete_run(probe.run_id)),
+            ("run", end_and_delete_run),
             ("experiment", lambda: client.delete_experiment(probe.experiment_id)),
         ):
             try:
@@ -605,4 +612,4 @@ def cleanup(probe: Probe) -> CheckResult:
             f"could not delete the scratch {', '.join(leftovers)} (experiment {probe.experiment_id})",
             "harmless; an admin can remove it from the UI",
         )
-    return result(Status.INFO, f"scratch experiment {probe.experiment_id} and its run deleted")
+    return result(Status.INFO, f"scratch experiment {probe.experiment_id} and its run ended and deleted")
