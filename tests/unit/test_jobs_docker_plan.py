@@ -7,10 +7,11 @@ import subprocess
 import pytest
 
 from cvops.config import load_settings
-from cvops.jobs.docker_backend import log_lines, resolve_target
+from cvops.jobs.docker_backend import image_provenance, log_lines, resolve_target
 from cvops.jobs.gpus import GpuChoice
 from cvops.jobs.plan import Placement, Provenance, Tracking, docker_cli_args, docker_run_kwargs, git_provenance, job_env
 from cvops.jobs.spec import load_job_spec, parse_job_spec
+from cvops.tracking import schema
 
 pytest.importorskip("docker", reason="the docker SDK (cvops[jobs]) builds the GPU device requests")
 
@@ -27,7 +28,8 @@ def spec(tmp_path):
     return load_job_spec(tmp_path / "job.yaml")
 
 
-PROVENANCE = Provenance(git_commit="a" * 40, git_dirty=True, image_digest="cvops/trainer-keras@sha256:" + "b" * 64)
+PROVENANCE = Provenance(git_commit="a" * 40, git_dirty=True, image_digest="sha256:" + "b" * 64,
+                        image_id="sha256:" + "c" * 64)
 TRACKING = Tracking(uri="http://mlflow:5000", username="alice", password="s3cret", run_id="c" * 32)
 PLACEMENT = Placement(network="cvops_default", gpus=GpuChoice(indices=(1,), uuids=("GPU-1234",)))
 
@@ -41,6 +43,7 @@ def test_environment_is_what_the_sdk_reads(spec):
     assert settings.run_name == "r1"
     assert settings.image == "cvops/trainer-keras:2.21.0"
     assert settings.image_digest == PROVENANCE.image_digest
+    assert settings.image_id == PROVENANCE.image_id
     assert settings.git_commit == "a" * 40
     assert settings.in_container
     assert settings.tags == {"framework": "keras", "team": "vision", "git_dirty": "true"}
@@ -140,3 +143,17 @@ def test_explicit_tracking_uri_on_loopback_uses_the_host_network():
 def test_log_lines_reassemble_chunks_and_keep_last_progress_redraw():
     chunks = [b"Epoch 1/", b"3\n", b"1/10 \r5/10 \r10/10 loss 0.5\n", b"caf\xc3", b"\xa9\n", b"no newline"]
     assert list(log_lines(chunks)) == ["Epoch 1/3\n", "10/10 loss 0.5\n", "café\n", "no newline\n"]
+
+
+def test_a_local_build_is_recorded_by_its_image_id_not_as_a_pullable_digest():
+    # `docker image inspect` of a `docker build -t` image (no registry) and of a pulled one.
+    local = {"Id": "sha256:" + "1" * 64, "RepoTags": ["cvops/trainer-keras:2.21.0"], "RepoDigests": []}
+    pulled = {"Id": "sha256:" + "2" * 64, "RepoTags": ["registry.example.org/cvops/trainer-keras:2.21.0"],
+              "RepoDigests": ["registry.example.org/cvops/trainer-keras@sha256:" + "3" * 64]}
+    assert image_provenance(local) == (None, "sha256:" + "1" * 64)
+    assert image_provenance(pulled) == ("sha256:" + "3" * 64, "sha256:" + "2" * 64)
+
+    env = {"CVOPS_IMAGE": "cvops/trainer-keras:2.21.0", "CVOPS_IMAGE_ID": "sha256:" + "1" * 64}
+    tags = schema.standard_tags(load_settings(env))
+    assert tags["image"] == "cvops/trainer-keras:2.21.0"  # nothing appended that looks pullable
+    assert tags["image_id"] == "sha256:" + "1" * 64

@@ -41,6 +41,7 @@ class Settings:
     in_container: bool = False
     image: str | None = None
     image_digest: str | None = None
+    image_id: str | None = None
     git_commit: str | None = None
     seed: int | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -154,6 +155,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         in_container=in_container,
         image=_optional(env, "CVOPS_IMAGE"),
         image_digest=_optional(env, "CVOPS_IMAGE_DIGEST"),
+        image_id=_optional(env, "CVOPS_IMAGE_ID"),
         git_commit=_optional(env, "CVOPS_GIT_COMMIT") or _optional(env, "GIT_COMMIT"),
         seed=seed,
         tags=_tags(env),

@@ -135,8 +135,17 @@ def _host_header_accepted(uri: str, host: str) -> bool:
 # ----------------------------------------------------------------------------- image, GPUs
 
 
-def image_digest(client, image: str, out: TextIO) -> str:
-    """The image's repo digest (or local id for an unpushed build), pulling it when absent."""
+def image_provenance(inspected: dict) -> tuple[str | None, str]:
+    """(registry digest ``sha256:…`` or None, local image id) from ``docker image inspect``. A
+    local build has no registry digest: its id names it on this host only and is not pullable,
+    so it is recorded as ``image_id``, never as a digest appended to the image's name."""
+    repo_digests = inspected.get("RepoDigests") or []
+    digest = repo_digests[0].split("@", 1)[1] if repo_digests else None
+    return digest, inspected["Id"]
+
+
+def inspect_image(client, image: str, out: TextIO) -> dict:
+    """``docker image inspect`` of the job's image, pulling it when absent."""
     import docker.errors
 
     try:
@@ -150,8 +159,7 @@ def image_digest(client, image: str, out: TextIO) -> str:
                 f"image {image} is not on this host and cannot be pulled ({error.explanation or error}); "
                 "build it first (docs/jobs.md, 'Images')"
             ) from None
-    digests = found.attrs.get("RepoDigests") or []
-    return digests[0] if digests else found.id
+    return found.attrs
 
 
 def held_gpu_indices(client) -> set[int]:
@@ -171,6 +179,8 @@ def precreate_run(uri: str, spec: JobSpec, provenance: Provenance) -> tuple[str,
     tags = {"framework": spec.framework, "image": spec.image, **spec.tags}
     if provenance.image_digest:
         tags["image_digest"] = provenance.image_digest
+    if provenance.image_id:
+        tags["image_id"] = provenance.image_id
     if provenance.git_commit:
         tags.update(
             {
@@ -334,7 +344,8 @@ def submit(spec: JobSpec, options: SubmitOptions, out: TextIO = sys.stdout, err:
             on_wait=lambda why: print(f"[cvops] waiting for GPUs: {why}", file=err, flush=True),
         )
     commit, dirty = git_provenance(spec.job_dir)
-    provenance = Provenance(git_commit=commit, git_dirty=dirty, image_digest=image_digest(client, spec.image, err))
+    digest, image_id = image_provenance(inspect_image(client, spec.image, err))
+    provenance = Provenance(git_commit=commit, git_dirty=dirty, image_digest=digest, image_id=image_id)
     experiment_id, run_id = precreate_run(target.submitter_uri, spec, provenance)
     link = run_ui_url(target.submitter_uri, experiment_id, run_id)
     print(f"[cvops] run {run_id} in experiment '{spec.experiment}': {link}", file=err, flush=True)

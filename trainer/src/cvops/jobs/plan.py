@@ -28,7 +28,8 @@ class Provenance:
 
     git_commit: str | None = None
     git_dirty: bool = False
-    image_digest: str | None = None
+    image_digest: str | None = None  # the registry's sha256:…, when the image came from one
+    image_id: str | None = None  # the local image id: names a local build on its host only
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def job_env(spec: JobSpec, provenance: Provenance, tracking: Tracking) -> dict[s
         "MLFLOW_RUN_ID": tracking.run_id,
         "CVOPS_RUN_NAME": spec.run_name,
         "CVOPS_IMAGE_DIGEST": provenance.image_digest,
+        "CVOPS_IMAGE_ID": provenance.image_id,
         "CVOPS_GIT_COMMIT": provenance.git_commit,
     }
     env.update({name: value for name, value in optional.items() if value})

@@ -39,7 +39,7 @@ RESERVED_ENV = frozenset(
         "NVIDIA_VISIBLE_DEVICES",
     }
 )
-RESERVED_TAGS = frozenset({"framework", "git_commit", "git_dirty", "image", "image_digest"})
+RESERVED_TAGS = frozenset({"framework", "git_commit", "git_dirty", "image", "image_digest", "image_id"})
 _TAG_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JOB_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")

@@ -114,6 +114,7 @@ def standard_tags(settings: Settings) -> dict[str, str]:
         "hardware": hardware(),
         "git_commit": settings.git_commit or git_commit(),
         "image": image_tag(settings),
+        "image_id": settings.image_id,
         "mlflow.user": _user(),
         "mlflow.source.name": sys.argv[0] if sys.argv and sys.argv[0] else "python",
         "mlflow.source.type": "JOB" if settings.in_container else "LOCAL",
