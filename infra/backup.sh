@@ -51,7 +51,8 @@ step "Write the manifest"
     echo "postgres_image=$(setting POSTGRES_IMAGE postgres:16)"
     echo "artifact_files=$(find "$work/artifacts" -type f | wc -l)"
 } >"$work/manifest.txt"
-(cd "$work" && sha256sum ./*.dump >SHA256SUMS)
+# Every file, artifacts included, so restore can tell a damaged or altered backup from a good one.
+(cd "$work" && find . -type f ! -name SHA256SUMS -print0 | sort -z | xargs -0 -r sha256sum >SHA256SUMS)
 mv "$work" "$target"
 result=$target
 

@@ -38,7 +38,10 @@ fi
 for db in $(databases); do
     [ -f "$backup/$db.dump" ] || die "$backup has no dump of database '$db' (POSTGRES_DB / POSTGRES_AUTH_DB differ from the backup's?)"
 done
-(cd "$backup" && sha256sum --quiet -c SHA256SUMS) || die "checksum mismatch in $backup: the dumps are damaged"
+[ -f "$backup/SHA256SUMS" ] || die "$backup has no SHA256SUMS: it cannot be verified"
+# Backups before 2026-11-30 list only the dumps; newer ones list every file, artifacts included.
+(cd "$backup" && sha256sum --quiet --strict -c SHA256SUMS) \
+    || die "checksum mismatch in $backup (files named above): the backup is damaged or was altered; nothing was restored"
 sed 's/^/    /' "$backup/manifest.txt"
 
 if [ "$assume_yes" != 1 ]; then

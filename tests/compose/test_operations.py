@@ -48,6 +48,23 @@ def test_restore_refuses_an_incomplete_backup_without_touching_the_stack(compose
     assert compose_stack.container_state("mlflow")["Health"]["Status"] == "healthy"
 
 
+def test_restore_refuses_a_backup_whose_artifact_was_altered(compose_stack, tmp_path):
+    stack = compose_stack
+    _log_a_run(stack, tmp_path, "weights.pth")
+    stack.run("bash", "infra/backup.sh")
+    backup = sorted((stack.work_dir / "backups").glob("cvops-*"))[-1]
+    listed = (backup / "SHA256SUMS").read_text()
+    artifacts = sorted(path for path in (backup / "artifacts").rglob("*") if path.is_file())
+    assert artifacts and all(f"./{path.relative_to(backup)}" in listed for path in artifacts)
+
+    damaged = artifacts[0]
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"x")
+    result = stack.run("bash", "infra/restore.sh", "--yes", str(backup), check=False)
+    assert result.returncode != 0
+    assert "checksum mismatch" in result.stderr and damaged.name in result.stdout + result.stderr
+    assert stack.container_state("mlflow")["Health"]["Status"] == "healthy"
+
+
 def test_upgrade_backs_up_migrates_and_keeps_every_run(compose_stack, tmp_path):
     stack = compose_stack
     _log_a_run(stack, tmp_path, "before-upgrade.pth")
