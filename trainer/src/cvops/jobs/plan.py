@@ -76,6 +76,9 @@ def job_env(spec: JobSpec, provenance: Provenance, tracking: Tracking) -> dict[s
     env = {
         "PYTHONUNBUFFERED": "1",
         "CVOPS_IN_CONTAINER": "1",
+        # MLflow imports GitPython, which warns for 15 lines when the image has no git; the
+        # commit is recorded from the submitting host (CVOPS_GIT_COMMIT) instead.
+        "GIT_PYTHON_REFRESH": "quiet",
         "MLFLOW_EXPERIMENT_NAME": spec.experiment,
         "CVOPS_IMAGE": spec.image,
         f"{TAG_ENV_PREFIX}FRAMEWORK": spec.framework,
