@@ -9,7 +9,7 @@ Generated, never downloaded, deterministic for a seed. Writes, under OUT:
 
     python trainer/examples/make_shapes.py /data/shapes --train 300 --val 100 --size 64 --max-objects 1
 
-Only numpy and Pillow are needed; TFRecords are written when TensorFlow is importable
+Only numpy and Pillow are needed (``pip install './trainer[examples]'``); TFRecords are written when TensorFlow is importable
 (``--tfrecord required`` makes its absence an error, ``off`` skips them).
 """
 from __future__ import annotations
