@@ -187,3 +187,36 @@ def compose_stack(tmp_path_factory):
         yield stack
     finally:
         stack.down()
+
+
+@pytest.fixture(scope="session")
+def stack_network(compose_stack):
+    ids = compose_stack.compose("ps", "-q", "mlflow").stdout.split()
+    networks = compose_stack.run("docker", "inspect", "--format",
+                                 "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}", ids[0])
+    return networks.stdout.split()[0]
+
+
+@pytest.fixture
+def submitter(compose_stack, stack_network, tmp_path):
+    """`cvops <command>` as a user on this host: the stack's URL and admin login in the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CVOPS_"))}
+    env.update(HOME=str(tmp_path), MLFLOW_TRACKING_URI=compose_stack.url,
+               MLFLOW_TRACKING_USERNAME=compose_stack.admin_username,
+               MLFLOW_TRACKING_PASSWORD=compose_stack.admin_password)
+
+    def cvops(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cvops", *args], env=env, capture_output=True, text=True,
+                              timeout=timeout, cwd=tmp_path)
+
+    cvops.network = stack_network
+    return cvops
+
+
+@pytest.fixture
+def mlflow_client(compose_stack, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", compose_stack.admin_username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", compose_stack.admin_password)
+    return MlflowClient(tracking_uri=compose_stack.url)

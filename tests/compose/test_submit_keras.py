@@ -1,106 +1,38 @@
 """End to end: build the keras trainer image, `cvops submit` the keras example against the
 compose stack, and check the run the way a user would in MLflow.
 
-Stand-ins: the image is built on offline/python:3.11-slim (CPU TensorFlow from PyPI) instead of
-the official TensorFlow GPU image; the stack is the compose tier's (moto S3 for MinIO). The
-job trains for real, on generated data, on the CPU.
+Stand-ins: the image is built with `docker compose build trainer-keras` on
+offline/python:3.11-slim (CPU TensorFlow from PyPI) instead of the official TensorFlow GPU image;
+the stack is the compose tier's (moto S3 for MinIO). The job trains for real, on generated data,
+on the CPU.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.compose.trainer_jobs import EXAMPLES, build_trainer_image, job_file, run_id_from, shapes_dataset
+
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO_ROOT / "trainer" / "examples"
-IMAGE = "cvops-compose-test/trainer-keras:local"
-BUILD_TIMEOUT_S = 1800
 
 
 @pytest.fixture(scope="module")
 def keras_image(compose_stack):
-    base = compose_stack.settings["BASE_IMAGE"]
-    done = subprocess.run(
-        ["docker", "build", "-f", "trainer/images/keras/Dockerfile", "--build-arg", f"BASE_IMAGE={base}",
-         "-t", IMAGE, "trainer"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
-    )
-    assert done.returncode == 0, f"keras image build failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return IMAGE
+    return build_trainer_image(compose_stack, "keras")
 
 
 @pytest.fixture(scope="module")
 def shapes():
-    # Not under pytest's tmp_path: that is private to this user (0700) and the job runs as uid 10001.
-    root = Path(tempfile.mkdtemp(prefix="cvops-shapes-"))
-    root.chmod(0o755)
-    out = root / "shapes"
-    subprocess.run(
-        [sys.executable, str(EXAMPLES / "make_shapes.py"), str(out), "--max-objects", "1", "--tfrecord", "off"],
-        check=True, capture_output=True, timeout=300,
-    )
-    yield out
-    shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def stack_network(compose_stack):
-    ids = compose_stack.compose("ps", "-q", "mlflow").stdout.split()
-    networks = compose_stack.run("docker", "inspect", "--format",
-                                 "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}", ids[0])
-    return networks.stdout.split()[0]
-
-
-@pytest.fixture
-def submitter(compose_stack, stack_network, tmp_path):
-    """`cvops <command>` as a user on this host: the stack's URL and admin login in the environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CVOPS_"))}
-    env.update(HOME=str(tmp_path), MLFLOW_TRACKING_URI=compose_stack.url,
-               MLFLOW_TRACKING_USERNAME=compose_stack.admin_username,
-               MLFLOW_TRACKING_PASSWORD=compose_stack.admin_password)
-
-    def cvops(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cvops", *args], env=env, capture_output=True, text=True,
-                              timeout=timeout, cwd=tmp_path)
-
-    cvops.network = stack_network
-    return cvops
-
-
-@pytest.fixture
-def mlflow_client(compose_stack, monkeypatch):
-    from mlflow import MlflowClient
-
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", compose_stack.admin_username)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", compose_stack.admin_password)
-    return MlflowClient(tracking_uri=compose_stack.url)
-
-
-def job_file(tmp_path: Path, image: str, data: Path, **changes) -> Path:
-    """The shipped example with this test's image, data and names."""
-    spec = yaml.safe_load((EXAMPLES / "keras" / "job.yaml").read_text())
-    spec.update(image=image, code=str(EXAMPLES / "keras"))
-    spec["datasets"][0]["source"] = str(data)
-    spec.update(changes)
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def run_id_from(stderr: str) -> str:
-    for line in stderr.splitlines():
-        if line.startswith("[cvops] run ") and "/#/experiments/" in line:
-            return line.split()[2]
-    raise AssertionError(f"no run link printed:\n{stderr}")
+    with shapes_dataset("--max-objects", "1", "--tfrecord", "off") as data:
+        yield data
 
 
 def test_submit_keras_example_tracks_a_finished_run(keras_image, shapes, submitter, mlflow_client, tmp_path):
@@ -108,7 +40,7 @@ def test_submit_keras_example_tracks_a_finished_run(keras_image, shapes, submitt
     model_name = f"shapes-keras-{suffix}"
     spec = yaml.safe_load((EXAMPLES / "keras" / "job.yaml").read_text())
     command = [arg if arg != "shapes-keras" else model_name for arg in spec["command"]]
-    path = job_file(tmp_path, keras_image, shapes, experiment=f"submit-e2e-{suffix}", command=command)
+    path = job_file(tmp_path, "keras", keras_image, shapes, experiment=f"submit-e2e-{suffix}", command=command)
 
     done = submitter("submit", str(path), "--network", submitter.network)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
@@ -153,7 +85,7 @@ def test_submit_keras_example_tracks_a_finished_run(keras_image, shapes, submitt
 
 def test_a_crashing_job_exits_with_its_code_and_its_run_fails(keras_image, shapes, submitter, mlflow_client, tmp_path):
     command = ["python3", "-c", "import sys; print('loading data'); sys.exit(3)"]
-    path = job_file(tmp_path, keras_image, shapes, experiment=f"submit-e2e-{uuid.uuid4().hex[:6]}", command=command)
+    path = job_file(tmp_path, "keras", keras_image, shapes, experiment=f"submit-e2e-{uuid.uuid4().hex[:6]}", command=command)
     done = submitter("submit", str(path), "--network", submitter.network, timeout=300)
     assert done.returncode == 3, done.stderr[-3000:]
     assert "loading data" in done.stdout
@@ -172,7 +104,7 @@ def test_bad_job_file_fails_before_anything_runs(submitter, tmp_path):
 
 def test_stop_ends_a_detached_job_as_killed(keras_image, shapes, submitter, mlflow_client, tmp_path):
     command = ["python3", "-c", "import time; print('training', flush=True); time.sleep(600)"]
-    path = job_file(tmp_path, keras_image, shapes, experiment=f"submit-e2e-{uuid.uuid4().hex[:6]}", command=command)
+    path = job_file(tmp_path, "keras", keras_image, shapes, experiment=f"submit-e2e-{uuid.uuid4().hex[:6]}", command=command)
     done = submitter("submit", "--detach", str(path), "--network", submitter.network, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     run_id = run_id_from(done.stderr)
