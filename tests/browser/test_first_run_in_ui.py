@@ -4,6 +4,9 @@ A run is tracked with the cvops SDK (loss, learning rate, AP, an annotated predi
 registered model); the browser then signs in with HTTP basic credentials as a plain user, opens
 the experiment link, sees the run in the runs table beside the training charts, opens the run's
 artifacts and sees the prediction image, and registers the model and opens it in the registry.
+Every tab is a new browser (empty local storage, no cookies): what it shows is what the server
+gives a newcomer, a Model training workspace without MLflow's GenAI onboarding, telemetry notice
+or assistant panel (services/mlflow/ui_defaults.py).
 
 Screenshots land in test-artifacts/browser/; with CVOPS_UPDATE_SCREENSHOTS=1 they also replace
 the ones docs/onboarding.md shows, so the documentation is what this test saw.
@@ -30,6 +33,7 @@ CHROMIUM_ARGS = [
 ]
 # Tall enough that the run list and both chart sections (AP, then loss and lr) fit on one screen.
 VIEWPORT = {"width": 1280, "height": 1100}
+LAPTOP_VIEWPORT = {"width": 1366, "height": 768}
 UI_TIMEOUT_MS = 60_000
 RUN_NAME = "faster-rcnn-r50-shapes"
 MODEL_NAME_PREFIX = "shapes-detector"
@@ -37,6 +41,15 @@ BOX_COLOUR = (255, 40, 40)
 # The Model training view, spelled out in links cvops prints (MLflow 3.17's UI ignores the
 # experiment's mlflow.experimentKind tag; the link, else the browser's last choice, decides).
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+CHART_CARD = "[data-testid='experiment-view-compare-runs-card']"
+# MLflow 3.17.2's component ids (its UI bundle): the assistant panel's close button exists only
+# while the panel is open; its floating button only while the panel is closed.
+ASSISTANT_PANEL = "[data-component-id='mlflow.assistant.chat_panel.close']"
+ASSISTANT_BUTTON = "button[data-assistant-ui='true']"
+TELEMETRY_NOTICE = "Information about UI telemetry"
+# Texts of the home page's Getting Started section: the demo banner and the GenAI feature cards.
+GETTING_STARTED_CARDS = ("Start Demo", "New to MLflow?", "Capture and debug LLM interactions",
+                         "Measure and compare LLM quality", "Version control and manage prompts")
 
 
 def _chromium() -> str:
@@ -113,32 +126,55 @@ def tracked_run(tracking_server, team_member):
     }
 
 
-@pytest.fixture
-def page(browser, team_member):
-    """A signed-in tab: the browser answers the server's basic-auth challenge with the user's password."""
+def new_browser_tab(browser, credentials, viewport):
+    """A tab of a new browser (empty storage), signed in as a user is: the browser answers the
+    server's basic-auth challenge with the user's name and password. Nothing else is set."""
     context = browser.new_context(
-        http_credentials={"username": team_member[0], "password": team_member[1]}, viewport=VIEWPORT,
-    )
-    # The assistant panel opens by itself only when the UI is served from localhost (MLflow's
-    # isLocalServer); team members reach the server by its host name and never get it. This test
-    # reaches the server as 127.0.0.1, so it marks the panel as already shown once.
-    context.add_init_script(
-        "window.localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true')"
+        http_credentials={"username": credentials[0], "password": credentials[1]}, viewport=viewport,
     )
     context.set_default_timeout(UI_TIMEOUT_MS)
-    tab = context.new_page()
+    return context, context.new_page()
+
+
+@pytest.fixture
+def page(browser, team_member):
+    context, tab = new_browser_tab(browser, team_member, VIEWPORT)
     yield tab
     context.close()
 
 
-def save_screenshot(tab, name: str) -> Path:
+@pytest.fixture
+def laptop_page(browser, team_member):
+    context, tab = new_browser_tab(browser, team_member, LAPTOP_VIEWPORT)
+    yield tab
+    context.close()
+
+
+def wait_for_the_assistant_ui(tab) -> None:
+    """The UI has decided whether the assistant panel is open: one of its two forms is on screen.
+    The test reaches the server as 127.0.0.1, where MLflow offers the assistant and, left to
+    itself, opens the panel right after the first render."""
+    tab.locator(f"{ASSISTANT_PANEL}, {ASSISTANT_BUTTON}").first.wait_for()
+
+
+def assert_no_assistant_panel(tab) -> None:
+    assert tab.locator(ASSISTANT_PANEL).count() == 0, "the MLflow Assistant panel is open"
+
+
+def truncated_chart_titles(tab) -> list[str]:
+    """Chart titles the card cuts short ("ba…"): their text is wider than the room they get."""
+    return tab.locator(f"{CHART_CARD} h4").evaluate_all(
+        "titles => titles.filter(t => t.scrollWidth > t.clientWidth).map(t => t.textContent)")
+
+
+def save_screenshot(tab, name: str, for_docs: bool = True) -> Path:
     """Save under test-artifacts/browser/ (and docs/screenshots/ when asked); return the file."""
     from PIL import Image
 
     ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
     path = ARTIFACT_DIR / f"{name}.png"
     path.write_bytes(tab.screenshot())
-    if os.environ.get("CVOPS_UPDATE_SCREENSHOTS") == "1":
+    if for_docs and os.environ.get("CVOPS_UPDATE_SCREENSHOTS") == "1":
         DOCS_SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
         # A 64-colour palette keeps a UI screenshot legible at a fraction of the size.
         with Image.open(path) as shot:
@@ -179,23 +215,58 @@ def test_the_ui_refuses_a_wrong_password(browser, tracking_server, team_member):
         context.close()
 
 
+def test_a_new_browser_opens_on_a_clean_training_home_page(page, tracked_run, tracking_server):
+    page.goto(f"{tracking_server.url}/")
+    page.get_by_text("Welcome to MLflow").first.wait_for()
+    page.get_by_role("link", name=tracked_run["experiment"]).wait_for()
+    wait_for_the_assistant_ui(page)
+    shot = save_screenshot(page, "00-home")
+
+    # The server runs with MLflow's telemetry off, so a notice that it collects usage data is untrue.
+    telemetry = page.request.get(f"{tracking_server.url}/ajax-api/3.0/mlflow/ui-telemetry").json()
+    assert telemetry["disable_ui_telemetry"] is True
+    assert page.get_by_text(TELEMETRY_NOTICE).count() == 0, "the UI telemetry notice is shown"
+    assert_no_assistant_panel(page)
+    for text in GETTING_STARTED_CARDS:
+        assert page.get_by_text(text).count() == 0, f"GenAI getting-started card shown: {text!r}"
+    # Collapsed, not removed: one click away for who wants it.
+    assert page.get_by_text("Getting Started", exact=True).is_visible()
+    assert page.get_by_role("link", name="Model registry").first.is_visible()
+    assert_not_blank(shot)
+
+
+def test_charts_are_readable_on_a_laptop_screen(laptop_page, tracked_run):
+    laptop_page.goto(tracked_run["experiment_url"])
+    laptop_page.get_by_text(RUN_NAME, exact=True).first.wait_for()
+    wait_for_the_assistant_ui(laptop_page)
+    laptop_page.locator(CHART_CARD).filter(has_text="bbox/AP").locator(
+        ".scatterlayer .point").first.wait_for()
+    save_screenshot(laptop_page, "laptop-experiment-charts", for_docs=False)
+
+    titles = laptop_page.locator(f"{CHART_CARD} h4").all_inner_texts()
+    assert {"bbox/AP", "bbox/AP50"} <= set(titles), titles
+    assert truncated_chart_titles(laptop_page) == []
+    assert_no_assistant_panel(laptop_page)
+
+
 def test_experiment_opens_on_runs_and_training_charts(page, tracked_run):
     page.goto(tracked_run["experiment_url"])
     page.get_by_text(RUN_NAME, exact=True).first.wait_for()
-    loss_chart = page.locator("[data-testid='experiment-view-compare-runs-card']").filter(
-        has_text="total_loss")
+    wait_for_the_assistant_ui(page)
+    loss_chart = page.locator(CHART_CARD).filter(has_text="total_loss")
     loss_chart.locator(".js-plotly-plot svg.main-svg").first.wait_for()
     # A chart with a drawn line, not an empty frame.
     loss_chart.locator(".scatterlayer path.js-line").first.wait_for()
     shot = save_screenshot(page, "02-experiment-runs-and-charts")
 
+    assert_no_assistant_panel(page)
+    assert truncated_chart_titles(page) == []
     assert page.get_by_text(RUN_NAME, exact=True).first.is_visible()
     box = loss_chart.first.bounding_box()
     assert box["y"] + box["height"] <= VIEWPORT["height"], "the loss chart is below the fold"
     assert page.get_by_text("Model metrics").first.is_visible()
     for metric in ("total_loss", "lr", "bbox/AP"):
-        assert page.locator("[data-testid='experiment-view-compare-runs-card']").filter(
-            has_text=metric).count() >= 1, f"no chart for {metric}"
+        assert page.locator(CHART_CARD).filter(has_text=metric).count() >= 1, f"no chart for {metric}"
     # GenAI-only navigation is absent in the Model training view.
     for genai_item in ("Judges", "Prompts", "Sessions"):
         assert page.get_by_role("link", name=genai_item, exact=True).count() == 0
@@ -213,12 +284,11 @@ def test_a_plain_experiment_link_opens_model_training_in_a_new_browser(page, tra
 
 
 def test_a_browser_that_chose_genai_keeps_it(browser, team_member, tracked_run, tracking_server):
-    context = browser.new_context(
-        http_credentials={"username": team_member[0], "password": team_member[1]}, viewport=VIEWPORT)
+    context, tab = new_browser_tab(browser, team_member, VIEWPORT)
     try:
-        tab = context.new_page()
-        tab.set_default_timeout(UI_TIMEOUT_MS)
         tab.goto(f"{tracking_server.url}/")
+        # Chosen once the UI has started, as a person would (the sidebar's GenAI switch writes this).
+        tab.get_by_text("Welcome to MLflow").first.wait_for()
         tab.evaluate("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('genai'))")
         tab.goto(f"{tracking_server.url}/#/experiments/{tracked_run['run'].experiment_id}")
         tab.reload()
@@ -265,4 +335,6 @@ def test_registered_model_lists_the_version_from_the_run(page, tracked_run, trac
 def test_experiments_list_shows_the_new_experiment(page, tracked_run, tracking_server):
     page.goto(f"{tracking_server.url}/#/experiments")
     page.get_by_role("link", name=tracked_run["experiment"]).wait_for()
+    wait_for_the_assistant_ui(page)
+    assert_no_assistant_panel(page)
     save_screenshot(page, "01-experiments-list")
