@@ -53,6 +53,8 @@ def offline_build_settings(framework: str, base_image: str, wheels: Path | None)
     if framework == "detectron2":
         settings.update(DETECTRON2_TORCH_REQUIREMENT=_pinned(RECIPES["detectron2"].steps[0], "torch", "torchvision"),
                         DETECTRON2_REQUIREMENT=_wheel_requirement(wheels, "detectron2"))
+    elif framework == "keras":
+        settings.update(KERAS_TENSORFLOW_REQUIREMENT="tensorflow-cpu")
     elif framework == "tfod":
         settings.update(TFOD_TENSORFLOW_REQUIREMENT=_pinned(TFOD_CONSTRAINTS, "tensorflow-cpu"),
                         TFOD_OBJECT_DETECTION_REQUIREMENT=_wheel_requirement(wheels, "object-detection"),
