@@ -42,6 +42,13 @@ That saves a round trip per checkout (0.14 ms on an idle machine, ~0.3 ms of a l
 side by side), on every request and on each extra checkout that the permission check of a user who
 is not an admin makes.
 
+A missing artifact is a 404. MLflow's S3 repository lets boto3's "Not Found" escape as an
+INTERNAL_ERROR (HTTP 500) whose message names the bucket and the object's key; MLflow's client
+retries a 500 with backoff, so downloading a wrong path took 4-5 minutes to fail. The repository
+below answers a missing object with RESOURCE_DOES_NOT_EXIST (HTTP 404, which clients do not
+retry), naming only the path as the request gave it (relative to the artifact root). Listing a
+path that holds nothing is an empty listing, as before (S3 has no folders).
+
 Run answers without links to logged models are not redacted. For a user who is not an admin,
 MLflow parses every runs/get and runs/search answer back into protobuf to withhold links to
 logged models the user may be denied, and finds none in runs that have none: 5–7 ms of a page
@@ -57,7 +64,9 @@ import posixpath
 import select
 import sys
 
+from botocore.exceptions import ClientError
 from mlflow import exceptions
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.server import handlers
 from mlflow.store.artifact.artifact_repo import StreamUploadMixin
 from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
@@ -110,7 +119,34 @@ class _UploadFromStream:
         self._s3_client.upload_fileobj(self._stream, Bucket, Key, ExtraArgs=ExtraArgs)
 
 
-class StreamingS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
+# S3's "no such object": NoSuchKey from a GET, a bare 404 from a HEAD (which boto3's download_file
+# sends first; HEAD answers carry no error body).
+_S3_NOT_FOUND_CODES = {"NoSuchKey", "404"}
+
+
+class ArtifactNotFound(exceptions.MlflowException):
+    def __init__(self, path):
+        super().__init__(f"No artifact at '{path}'", error_code=RESOURCE_DOES_NOT_EXIST)
+
+
+class ProxiedS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
+    def download_artifacts(self, artifact_path, dst_path=None):
+        try:
+            return super().download_artifacts(artifact_path, dst_path)
+        except exceptions.MlflowException as error:
+            # MLflow's message lists every failed file under the bucket's URI.
+            if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+        raise ArtifactNotFound(artifact_path)
+
+    def _download_file(self, remote_file_path, local_path):
+        try:
+            super()._download_file(remote_file_path, local_path)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in _S3_NOT_FOUND_CODES:
+                raise ArtifactNotFound(remote_file_path) from None
+            raise
+
     def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
         bucket, key = self.parse_s3_compliant_uri(self.artifact_uri)
         key = posixpath.join(key, artifact_path or "", posixpath.basename(artifact_file_name))
@@ -209,7 +245,7 @@ def apply():
             raise RuntimeError(f"mlflow.server.handlers.{name} is gone: review server_patches.py")
         setattr(handlers, name, _refuse(exception_class))
     handlers.build_server_info_payload = _without_presigned_transfers(handlers.build_server_info_payload)
-    _artifact_repository_registry.register("s3", StreamingS3ArtifactRepository)
+    _artifact_repository_registry.register("s3", ProxiedS3ArtifactRepository)
     if handlers._tracking_store is not None:  # built while loading the app: the builder would not apply
         raise RuntimeError("MLflow built its tracking store before server_patches.apply(): review it")
     handlers._tracking_store_registry.register("postgresql", tracking_store.build)
