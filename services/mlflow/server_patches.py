@@ -55,7 +55,8 @@ logged models the user may be denied, and finds none in runs that have none: 5â€
 of 10 typical runs (docs/performance.md), growing with the page (the UI asks for 100). An answer in
 which no logged model is named cannot need it, so only those that name one are checked.
 
-The UI's default view for new browsers: ui_defaults.py. Metric writes, run reads and searches in
+The readiness probe /ready (both databases and the bucket): readiness.py. The UI's default view for
+new browsers: ui_defaults.py. Metric writes, run reads and searches in
 one or two PostgreSQL statements: tracking_store.py.
 """
 
@@ -222,6 +223,7 @@ def _redact_only_with_model_links(redact):
 def apply():
     if getattr(handlers, "_cvops_patched", False):
         return
+    import readiness
     import tracking_store
     import ui_defaults
     from mlflow.server import app
@@ -231,6 +233,7 @@ def apply():
     PGDialect_psycopg2.do_ping = _ping_only_if_spoken_to(PGDialect_psycopg2.do_ping)
     # Loaded by gunicorn only when the server runs the basic-auth app (MLFLOW_AUTH=on).
     auth = sys.modules.get("mlflow.server.auth")
+    readiness.install(app, auth)
     if auth is not None:
         auth.store.get_user = _caller_from_the_auth_cache(auth)
         run_redactions = {auth.redact_get_run_model_links, auth.redact_search_runs_model_links}
