@@ -55,7 +55,8 @@ logged models the user may be denied, and finds none in runs that have none: 5â€
 of 10 typical runs (docs/performance.md), growing with the page (the UI asks for 100). An answer in
 which no logged model is named cannot need it, so only those that name one are checked.
 
-The readiness probe /ready (both databases and the bucket): readiness.py. The UI's default view for
+A run's user is the login that created it (servers with basic-auth), not the client's claim:
+run_attribution.py. The readiness probe /ready (both databases and the bucket): readiness.py. The UI's default view for
 new browsers: ui_defaults.py. Metric writes, run reads and searches in
 one or two PostgreSQL statements: tracking_store.py.
 """
@@ -72,6 +73,7 @@ from mlflow.server import handlers
 from mlflow.store.artifact.artifact_repo import StreamUploadMixin
 from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
 from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.server_info import (
     SERVER_INFO_MULTIPART_DOWNLOADS_ENABLED,
     SERVER_INFO_MULTIPART_UPLOADS_ENABLED,
@@ -224,6 +226,7 @@ def apply():
     if getattr(handlers, "_cvops_patched", False):
         return
     import readiness
+    import run_attribution
     import tracking_store
     import ui_defaults
     from mlflow.server import app
@@ -235,6 +238,7 @@ def apply():
     auth = sys.modules.get("mlflow.server.auth")
     readiness.install(app, auth)
     if auth is not None:
+        run_attribution.install(SqlAlchemyStore)
         auth.store.get_user = _caller_from_the_auth_cache(auth)
         run_redactions = {auth.redact_get_run_model_links, auth.redact_search_runs_model_links}
         handlers_by_route = auth.AFTER_REQUEST_HANDLERS
