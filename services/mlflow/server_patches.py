@@ -42,13 +42,22 @@ That saves a round trip per checkout (0.14 ms on an idle machine, ~0.3 ms of a l
 side by side), on every request and on each extra checkout that the permission check of a user who
 is not an admin makes.
 
+A missing artifact is a 404. MLflow's S3 repository lets boto3's "Not Found" escape as an
+INTERNAL_ERROR (HTTP 500) whose message names the bucket and the object's key; MLflow's client
+retries a 500 with backoff, so downloading a wrong path took 4-5 minutes to fail. The repository
+below answers a missing object with RESOURCE_DOES_NOT_EXIST (HTTP 404, which clients do not
+retry), naming only the path as the request gave it (relative to the artifact root). Listing a
+path that holds nothing is an empty listing, as before (S3 has no folders).
+
 Run answers without links to logged models are not redacted. For a user who is not an admin,
 MLflow parses every runs/get and runs/search answer back into protobuf to withhold links to
 logged models the user may be denied, and finds none in runs that have none: 5–7 ms of a page
 of 10 typical runs (docs/performance.md), growing with the page (the UI asks for 100). An answer in
 which no logged model is named cannot need it, so only those that name one are checked.
 
-The UI's default view for new browsers: ui_defaults.py. Metric writes, run reads and searches in
+A run's user is the login that created it (servers with basic-auth), not the client's claim:
+run_attribution.py. The readiness probe /ready (both databases and the bucket): readiness.py. The UI's default view for
+new browsers: ui_defaults.py. Metric writes, run reads and searches in
 one or two PostgreSQL statements: tracking_store.py.
 """
 
@@ -57,11 +66,14 @@ import posixpath
 import select
 import sys
 
+from botocore.exceptions import ClientError
 from mlflow import exceptions
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.server import handlers
 from mlflow.store.artifact.artifact_repo import StreamUploadMixin
 from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
 from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.server_info import (
     SERVER_INFO_MULTIPART_DOWNLOADS_ENABLED,
     SERVER_INFO_MULTIPART_UPLOADS_ENABLED,
@@ -110,7 +122,34 @@ class _UploadFromStream:
         self._s3_client.upload_fileobj(self._stream, Bucket, Key, ExtraArgs=ExtraArgs)
 
 
-class StreamingS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
+# S3's "no such object": NoSuchKey from a GET, a bare 404 from a HEAD (which boto3's download_file
+# sends first; HEAD answers carry no error body).
+_S3_NOT_FOUND_CODES = {"NoSuchKey", "404"}
+
+
+class ArtifactNotFound(exceptions.MlflowException):
+    def __init__(self, path):
+        super().__init__(f"No artifact at '{path}'", error_code=RESOURCE_DOES_NOT_EXIST)
+
+
+class ProxiedS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
+    def download_artifacts(self, artifact_path, dst_path=None):
+        try:
+            return super().download_artifacts(artifact_path, dst_path)
+        except exceptions.MlflowException as error:
+            # MLflow's message lists every failed file under the bucket's URI.
+            if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+        raise ArtifactNotFound(artifact_path)
+
+    def _download_file(self, remote_file_path, local_path):
+        try:
+            super()._download_file(remote_file_path, local_path)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in _S3_NOT_FOUND_CODES:
+                raise ArtifactNotFound(remote_file_path) from None
+            raise
+
     def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
         bucket, key = self.parse_s3_compliant_uri(self.artifact_uri)
         key = posixpath.join(key, artifact_path or "", posixpath.basename(artifact_file_name))
@@ -186,6 +225,8 @@ def _redact_only_with_model_links(redact):
 def apply():
     if getattr(handlers, "_cvops_patched", False):
         return
+    import readiness
+    import run_attribution
     import tracking_store
     import ui_defaults
     from mlflow.server import app
@@ -195,7 +236,9 @@ def apply():
     PGDialect_psycopg2.do_ping = _ping_only_if_spoken_to(PGDialect_psycopg2.do_ping)
     # Loaded by gunicorn only when the server runs the basic-auth app (MLFLOW_AUTH=on).
     auth = sys.modules.get("mlflow.server.auth")
+    readiness.install(app, auth)
     if auth is not None:
+        run_attribution.install(SqlAlchemyStore)
         auth.store.get_user = _caller_from_the_auth_cache(auth)
         run_redactions = {auth.redact_get_run_model_links, auth.redact_search_runs_model_links}
         handlers_by_route = auth.AFTER_REQUEST_HANDLERS
@@ -209,7 +252,7 @@ def apply():
             raise RuntimeError(f"mlflow.server.handlers.{name} is gone: review server_patches.py")
         setattr(handlers, name, _refuse(exception_class))
     handlers.build_server_info_payload = _without_presigned_transfers(handlers.build_server_info_payload)
-    _artifact_repository_registry.register("s3", StreamingS3ArtifactRepository)
+    _artifact_repository_registry.register("s3", ProxiedS3ArtifactRepository)
     if handlers._tracking_store is not None:  # built while loading the app: the builder would not apply
         raise RuntimeError("MLflow built its tracking store before server_patches.apply(): review it")
     handlers._tracking_store_registry.register("postgresql", tracking_store.build)

@@ -54,7 +54,7 @@ def render_auth_config(template_path: str, output_path: str) -> None:
         f.write(rendered)
 
 
-def _connect(url, dbname: str):
+def connect(url, dbname: str, timeout_s: int = 5):
     import psycopg2
 
     return psycopg2.connect(
@@ -63,7 +63,7 @@ def _connect(url, dbname: str):
         user=url.username,
         password=url.password,
         dbname=dbname,
-        connect_timeout=5,
+        connect_timeout=timeout_s,
     )
 
 
@@ -75,7 +75,7 @@ def wait_for_database(uri: str) -> None:
     deadline = time.monotonic() + DATABASE_WAIT_S
     while True:
         try:
-            _connect(url, MAINTENANCE_DB).close()
+            connect(url, MAINTENANCE_DB).close()
             return
         except psycopg2.OperationalError as e:
             if time.monotonic() > deadline:
@@ -92,7 +92,7 @@ def create_database(uri: str) -> None:
     url = make_url(uri)
     if not url.database:
         fail(f"no database name in {url.render_as_string(hide_password=True)}")
-    conn = _connect(url, MAINTENANCE_DB)
+    conn = connect(url, MAINTENANCE_DB)
     conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
     try:
         with conn.cursor() as cur:

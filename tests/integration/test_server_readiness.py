@@ -1,0 +1,68 @@
+"""/health says the process answers (liveness); /ready says it can serve: both databases and the bucket.
+
+Before, /health was the only probe and stayed 200 while PostgreSQL was down and the API answered 503.
+"""
+
+import time
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+CHECKS = {"tracking_database", "auth_database", "artifact_store"}
+# Each check has a 2 s timeout and they run side by side; a probe must never hang.
+PROBE_S = 5
+
+
+def ready(server):
+    started = time.perf_counter()
+    response = requests.get(f"{server.url}/ready", timeout=30)  # probes have no login
+    return response, time.perf_counter() - started
+
+
+def assert_no_secrets(response, server, s3, postgres):
+    for secret in (postgres.password, s3.secret_key, s3.access_key, server.admin_password,
+                   s3.bucket, str(postgres.port)):
+        assert secret not in response.text
+
+
+def test_ready_without_login_when_everything_is_up(tracking_server, s3, postgres):
+    response, took_s = ready(tracking_server)
+    assert response.status_code == 200, f"{response.text}\n{tracking_server.log()}"
+    assert response.json() == {"status": "ready", "checks": {name: "ok" for name in CHECKS}}
+    assert took_s < PROBE_S
+    assert_no_secrets(response, tracking_server, s3, postgres)
+
+
+def test_ready_names_an_unreachable_bucket(tracking_server_factory, s3, postgres):
+    server = tracking_server_factory(MLFLOW_ARTIFACTS_DESTINATION="s3://cvops-no-such-bucket/artifacts")
+    response, _ = ready(server)
+    assert response.status_code == 503, response.text
+    checks = response.json()["checks"]
+    assert checks["artifact_store"] != "ok"
+    assert checks["tracking_database"] == checks["auth_database"] == "ok"
+    assert "cvops-no-such-bucket" not in response.text
+    assert_no_secrets(response, server, s3, postgres)
+
+
+def test_ready_follows_postgres_while_health_stays_live(tracking_server, s3, postgres):
+    postgres.stop()
+    try:
+        assert requests.get(f"{tracking_server.url}/health", timeout=30).status_code == 200
+        response, took_s = ready(tracking_server)
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert body["status"] == "not ready"
+        assert body["checks"]["tracking_database"] != "ok"
+        assert body["checks"]["auth_database"] != "ok"
+        assert body["checks"]["artifact_store"] == "ok"
+        assert took_s < PROBE_S
+        assert_no_secrets(response, tracking_server, s3, postgres)
+    finally:
+        postgres.start()
+
+    deadline = time.monotonic() + 30
+    while (response := ready(tracking_server)[0]).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert response.status_code == 200, response.text
