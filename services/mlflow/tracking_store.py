@@ -53,8 +53,11 @@ from mlflow.entities import (
     RunTag,
 )
 from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
 from mlflow.server.handlers import TrackingStoreRegistryWrapper
+from mlflow.store.db.utils import _get_managed_session_maker
 from mlflow.store.tracking.dbmodels.models import SqlRun
 from mlflow.store.tracking.sqlalchemy_store import (
     SqlAlchemyStore,
@@ -71,32 +74,44 @@ from mlflow.utils.validation import (
     _validate_run_id,
 )
 from sqlalchemy import select, text
-from sqlalchemy.orm import raiseload
+from sqlalchemy.orm import raiseload, sessionmaker
 
 # gunicorn's own logger: what it writes reaches the server log at the configured level.
 _logger = logging.getLogger("gunicorn.error")
 
-# Rows come in as parallel arrays (one bind parameter per column, whatever the batch size).
+# Rows come in as parallel arrays (one bind parameter per column, whatever the batch size). Rows
+# take the run's id from the runs table, not from the argument: an id too long for the column
+# would fail the statement where MLflow answers "not found".
 # DISTINCT ON keeps, per key, the newest point by MLflow's order (step, timestamp, value), the
-# earliest in the batch on a tie; ordering by key makes concurrent writers lock latest_metrics rows
-# in the same order, as MLflow's ORDER BY … FOR UPDATE does.
+# earliest in the batch on a tie. The run's stored rows of the batch's keys are locked first, in
+# key order (the scalar subquery runs before the upsert's first row), as MLflow's
+# ORDER BY … FOR UPDATE locks them, so concurrent writers do not deadlock on them. New keys then go
+# in in the order the batch first names them, as MLflow adds them: get_run returns a run's metrics
+# in the order its rows were stored (see _READ_RUNS_SQL).
 _LOG_METRICS_SQL = text("""
 WITH run AS (
-    SELECT lifecycle_stage FROM runs WHERE run_uuid = :run_id
+    SELECT run_uuid, lifecycle_stage FROM runs WHERE run_uuid = :run_id
 ), points AS (
     SELECT * FROM unnest(CAST(:keys AS varchar[]), CAST(:metric_values AS float8[]),
                          CAST(:timestamps AS bigint[]), CAST(:steps AS bigint[]),
                          CAST(:is_nans AS boolean[]))
                   WITH ORDINALITY AS p(key, value, timestamp, step, is_nan, position)
     WHERE EXISTS (SELECT 1 FROM run WHERE lifecycle_stage = :active)
+), locked AS (
+    SELECT key FROM latest_metrics
+    WHERE run_uuid = :run_id AND key IN (SELECT key FROM points)
+    ORDER BY key FOR UPDATE
 ), stored AS (
     INSERT INTO metrics (key, value, timestamp, step, is_nan, run_uuid)
-    SELECT key, value, timestamp, step, is_nan, :run_id FROM points
+    SELECT key, value, timestamp, step, is_nan, run.run_uuid FROM points, run
     ON CONFLICT DO NOTHING
 ), newest AS (
     INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid)
-    SELECT DISTINCT ON (key) key, value, timestamp, step, is_nan, :run_id FROM points
-    ORDER BY key, step DESC, timestamp DESC, value DESC, position
+    SELECT key, value, timestamp, step, is_nan, run.run_uuid FROM (
+        SELECT DISTINCT ON (key) *, min(position) OVER (PARTITION BY key) AS first_position FROM points
+        ORDER BY key, step DESC, timestamp DESC, value DESC, position) AS newest_per_key, run
+    WHERE (SELECT count(*) FROM locked) >= 0
+    ORDER BY first_position
     ON CONFLICT (key, run_uuid) DO UPDATE
     SET value = excluded.value, timestamp = excluded.timestamp, step = excluded.step,
         is_nan = excluded.is_nan
@@ -108,21 +123,30 @@ SELECT lifecycle_stage FROM run
 
 # Each child table comes back as one JSON array (NULL when empty). Metric values travel as text:
 # float8's text form round-trips exactly, where JSON numbers would not carry Infinity or NaN.
+#
+# Lists keep MLflow's order, which is that of the index each of its queries reads through, since
+# none of them has an ORDER BY: latest metrics, params and tags by the run_uuid index, i.e. in the
+# order the rows were first stored (the aggregates below read the same index for a run, and
+# likewise have no ORDER BY); dataset inputs in logging order (inputs' index on the run, rows
+# never updated), each one's tags by name (the input_tags primary key); model inputs and outputs
+# by model id (the inputs indexes). That order is itself an accident of the plan: where
+# PostgreSQL scans a whole small table instead (MLflow's search_runs on a young database), rows
+# updated in place (a metric's newer step, an overwritten tag) come in their new physical place.
+# Here get_run's order, the one every run lookup and any sizeable database gives, is the rule.
 _READ_RUNS_SQL = text("""
 SELECT run.run_uuid, run.name, run.experiment_id, run.user_id, run.status, run.start_time, run.end_time,
        run.lifecycle_stage, run.artifact_uri,
-       (SELECT json_agg(json_build_array(key, value::text, timestamp, step, is_nan) ORDER BY key)
+       (SELECT json_agg(json_build_array(key, value::text, timestamp, step, is_nan))
           FROM latest_metrics WHERE run_uuid = run.run_uuid) AS metrics,
-       (SELECT json_agg(json_build_array(key, value) ORDER BY key)
+       (SELECT json_agg(json_build_array(key, value))
           FROM params WHERE run_uuid = run.run_uuid) AS params,
-       (SELECT json_agg(json_build_array(key, value) ORDER BY key)
+       (SELECT json_agg(json_build_array(key, value))
           FROM tags WHERE run_uuid = run.run_uuid) AS tags,
        (SELECT json_agg(json_build_array(
                    dataset.name, dataset.digest, dataset.dataset_source_type, dataset.dataset_source,
                    dataset.dataset_schema, dataset.dataset_profile,
                    (SELECT json_agg(json_build_array(input_tag.name, input_tag.value) ORDER BY input_tag.name)
-                      FROM input_tags AS input_tag WHERE input_tag.input_uuid = input.input_uuid))
-                ORDER BY dataset.name, dataset.digest)
+                      FROM input_tags AS input_tag WHERE input_tag.input_uuid = input.input_uuid)))
           FROM inputs AS input JOIN datasets AS dataset ON dataset.dataset_uuid = input.source_id
          WHERE input.destination_type = 'RUN' AND input.destination_id = run.run_uuid) AS dataset_inputs,
        (SELECT json_agg(destination_id ORDER BY destination_id)
@@ -162,12 +186,18 @@ def _run_from_row(row, with_model_inputs: bool = True) -> Run:
 
 
 class PostgresTrackingStore(SqlAlchemyStore):
+    def __init__(self, db_uri, default_artifact_root, read_db_uri=None):
+        super().__init__(db_uri, default_artifact_root, read_db_uri=read_db_uri)
+        # get_run's one statement reads one snapshot, so it needs no transaction: autocommit saves
+        # the BEGIN and COMMIT round trips. MLflow's managed session around it turns what goes
+        # wrong into MLflow's errors (PostgreSQL unreachable: TEMPORARILY_UNAVAILABLE, a 503), as
+        # in MLflow's get_run.
+        read_engine = (self.read_engine or self.engine).execution_options(isolation_level="AUTOCOMMIT")
+        self._autocommit_session = _get_managed_session_maker(sessionmaker(bind=read_engine), self.db_type)
+
     def get_run(self, run_id):
-        # One statement reads one snapshot, so it needs no transaction: autocommit saves the
-        # BEGIN and COMMIT round trips that a session would add.
-        engine = self.read_engine or self.engine
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            row = connection.execute(_READ_RUNS_SQL, {"run_ids": [run_id]}).one_or_none()
+        with self._autocommit_session() as session:
+            row = session.execute(_READ_RUNS_SQL, {"run_ids": [run_id]}).one_or_none()
         if row is None:
             return super().get_run(run_id)  # raises MLflow's "not found"
         return _run_from_row(row)
@@ -238,7 +268,16 @@ class PostgresTrackingStore(SqlAlchemyStore):
         _validate_run_id(run_id)
         _validate_batch_log_data(metrics, params, tags)
         _validate_batch_log_limits(metrics, params, tags)
-        self._log_metrics(run_id, metrics)
+        try:
+            self._log_metrics(run_id, metrics)
+        except MlflowException:
+            raise
+        except Exception as error:  # a value no float holds (10**400): OverflowError
+            # MLflow's log_batch checks the run before it meets the value, and wraps what is not
+            # its own error (its log_metric does neither: the same value gives a bare error there).
+            with self.ManagedSessionMaker() as session:
+                self._check_run_is_active(self._get_run(run_uuid=run_id, session=session))
+            raise MlflowException(error, INTERNAL_ERROR) from error
 
 
 def build(store_uri, artifact_uri):
