@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.frameworks import support
+from tests.frameworks import detectron2_training, environments, support
 from tests.integration.sdk_env import use_sdk_env
 
 pytestmark = [pytest.mark.frameworks, pytest.mark.integration]
 
 mlflow = pytest.importorskip("mlflow")
 
-TRAINING_SCRIPT = Path(__file__).with_name("detectron2_training.py")
+TRAINING_SCRIPT = Path(detectron2_training.__file__)
 MAX_ITER = 25
 USER_BACKBONE = "resnet18-gn-scratch"
 
@@ -39,7 +39,7 @@ def module_env(tracking_server, tmp_path_factory):
     """framework_env for the module's shared trainings (that fixture is per test)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         use_sdk_env(monkeypatch, tracking_server, tmp_path_factory.mktemp("sdk"))
-        monkeypatch.setenv("PYTHONPATH", str(support.environments.REPO_ROOT / "trainer" / "src"))
+        monkeypatch.setenv("PYTHONPATH", str(environments.REPO_ROOT / "trainer" / "src"))
         monkeypatch.setenv("PYTHONUNBUFFERED", "1")
         yield tracking_server
 
@@ -179,11 +179,10 @@ def test_failed_training_is_told_apart_and_registers_nothing(d2_python, shapes, 
 
 def test_example_trains_evaluates_and_registers_as_documented(d2_python, shapes, module_env, tmp_path):
     model_name = f"d2-example-{time.time_ns()}"
-    small = ["SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
-             "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64", "DATALOADER.NUM_WORKERS", "0"]
     result = support.run_logged([d2_python, support.EXAMPLES / "detectron2" / "train.py", "--data", shapes,
                                  "--output-dir", tmp_path / "output", "--max-iter", "10", "--model-name", model_name,
-                                 "--opts", *small], log_path=tmp_path / "example.log", timeout_s=900)
+                                 "--opts", *detectron2_training.SMALL],
+                                log_path=tmp_path / "example.log", timeout_s=900)
     assert result.returncode == 0, support.tail(result.output)
     assert f"cvops: registered {model_name} version 1 as @candidate" in result.output
     client = mlflow.MlflowClient()

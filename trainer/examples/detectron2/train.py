@@ -24,7 +24,8 @@ def build_config(data: Path, output_dir: Path, max_iter: int, device: str, opts:
     cfg = get_cfg()
     # The model zoo's config file, read from the installed package: detectron2.model_zoo imports
     # pkg_resources, which setuptools >= 81 no longer has.
-    cfg.merge_from_file(str(files("detectron2") / "model_zoo" / "configs" / "COCO-Detection" / "faster_rcnn_R_50_FPN_1x.yaml"))
+    zoo_configs = files("detectron2") / "model_zoo" / "configs"
+    cfg.merge_from_file(str(zoo_configs / "COCO-Detection" / "faster_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.WEIGHTS = ""  # random initialisation: nothing is downloaded
     cfg.MODEL.DEVICE = device
     cfg.MODEL.RESNETS.DEPTH = 18

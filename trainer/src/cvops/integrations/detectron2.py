@@ -303,13 +303,13 @@ class CvopsHook(_HookBase):
         records = DatasetCatalog.get(test_sets[0])[: self.evaluation_max_images]
         class_names = list(MetadataCatalog.get(test_sets[0]).thing_classes)
         images = [read_image(record["file_name"], format="RGB") for record in records]
-        ground_truth = [
-            Detections(
-                boxes=[BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in record.get("annotations", [])],
-                classes=[a["category_id"] for a in record.get("annotations", [])],
-            )
-            for record in records
-        ]
+        ground_truth = []
+        for record in records:
+            annotations = record.get("annotations", [])
+            ground_truth.append(Detections(
+                boxes=[BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations],
+                classes=[a["category_id"] for a in annotations],  # contiguous 0.. as DatasetCatalog maps them
+            ))
         predictions: list[Detections] = []
         latency = None
         with self._inference_mode() as predict:
