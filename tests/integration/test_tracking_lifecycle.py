@@ -57,6 +57,8 @@ def test_successful_run_records_the_whole_schema(sdk_env, client, tmp_path, monk
     with cvops.start_run(experiment="sdk-lifecycle", run_name="schema",
                          tags={"task": "detection", "framework": "detectron2", "backbone": "R50-FPN",
                                "dataset": "coco-mini"}, seed=1234) as run:
+        # What adapters read to leave the user's tags alone: environment and tags= alike.
+        assert {"team": "vision", "env": "ci", "backbone": "R50-FPN"}.items() <= run.tags.items()
         run.log_params({"SOLVER.BASE_LR": 0.01, "SOLVER.IMS_PER_BATCH": 16})
         for step in range(5):
             run.log_metrics({"total_loss": 1.0 / (step + 1), "DetectionBoxes_Precision/mAP@.50IOU": 0.1 * step},

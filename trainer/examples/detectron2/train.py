@@ -17,11 +17,15 @@ from pathlib import Path
 
 
 def build_config(data: Path, output_dir: Path, max_iter: int, device: str, opts: list[str]):
-    from detectron2 import model_zoo
+    from importlib.resources import files
+
     from detectron2.config import get_cfg
 
     cfg = get_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    # The model zoo's config file, read from the installed package: detectron2.model_zoo imports
+    # pkg_resources, which setuptools >= 81 no longer has.
+    zoo_configs = files("detectron2") / "model_zoo" / "configs"
+    cfg.merge_from_file(str(zoo_configs / "COCO-Detection" / "faster_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.WEIGHTS = ""  # random initialisation: nothing is downloaded
     cfg.MODEL.DEVICE = device
     cfg.MODEL.RESNETS.DEPTH = 18
@@ -85,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         class Trainer(DefaultTrainer):
             @classmethod
             def build_evaluator(cls, cfg, dataset_name):
-                return COCOEvaluator(dataset_name, output_dir=cfg.OUTPUT_DIR)
+                # detectron2's convention (tools/train_net.py); the hook collects evaluator
+                # files from OUTPUT_DIR and OUTPUT_DIR/inference.
+                return COCOEvaluator(dataset_name, output_dir=str(Path(cfg.OUTPUT_DIR) / "inference"))
 
             def build_hooks(self):
                 hooks = super().build_hooks()

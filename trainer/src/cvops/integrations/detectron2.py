@@ -23,11 +23,12 @@ HookBase's interface (``iter``, ``max_iter``, ``storage``, ``cfg``). Only the ma
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import mlflow.pyfunc
 import numpy as np
@@ -68,15 +69,35 @@ def _is_main_process() -> bool:
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A yacs ``CfgNode`` (a dict) as ``SOLVER.BASE_LR``-style params."""
+    """A yacs ``CfgNode`` (a dict) as ``SOLVER.BASE_LR``-style params. Tuples become lists, so
+    ``DATASETS.TRAIN = ("a",)`` and ``SOLVER.STEPS = [30]`` are both logged as JSON, not one of
+    them as a Python repr."""
     flat: dict[str, Any] = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(flatten_config(value, f"{name}."))
         else:
-            flat[name] = value
+            flat[name] = list(value) if isinstance(value, tuple) else value
     return flat
+
+
+def describe_backbone(cfg: Mapping[str, Any]) -> str | None:
+    """The backbone as detectron2's model zoo names it (``R-50-FPN``, ``R-101-C4``, ``R-50-DC5``)
+    rather than its builder function (``build_resnet_fpn_backbone``), which is the same for every
+    ResNet depth; other builders by their name without ``build_``/``_backbone``."""
+    model = cfg.get("MODEL", {})
+    builder = str(model.get("BACKBONE", {}).get("NAME") or "")
+    if not builder:
+        return None
+    resnets = model.get("RESNETS", {})
+    if "resnet" in builder and resnets.get("DEPTH"):
+        if "fpn" in builder:
+            layout = "FPN"
+        else:
+            layout = "DC5" if resnets.get("RES5_DILATION", 1) == 2 else "C4"
+        return f"R-{resnets['DEPTH']}-{layout}"
+    return re.sub(r"^build_|_backbone$", "", builder) or builder
 
 
 def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -157,8 +178,15 @@ class CvopsWriter(_EventWriter):
 class CvopsHook(_HookBase):
     """A ``HookBase`` for ``DefaultTrainer``: config as params and ``config.yaml``; scalars and
     images every ``period`` iterations and at the end; then the outcome, evaluator JSON files,
-    ``model_final.pth`` as a pyfunc detector registered as ``registered_model_name`` (when
-    given) and drawn sample predictions."""
+    the trained weights as a pyfunc detector registered as ``registered_model_name`` (when
+    given; the version is kept in ``registered_version``), the evaluation artifacts of
+    ``cvops.evaluation`` and inference latency on ``cfg.DATASETS.TEST[0]`` (at most
+    ``evaluation_max_images`` images), and drawn sample predictions.
+
+    Evaluator JSON files are collected from ``OUTPUT_DIR``, ``OUTPUT_DIR/inference`` (where
+    detectron2's ``tools/train_net.py`` puts them) and any ``evaluator_output_dirs``.
+    ``log_checkpoint=True`` also logs ``model_final.pth`` with its optimizer and scheduler state
+    (to resume elsewhere; twice the weights with SGD momentum)."""
 
     def __init__(
         self,
@@ -169,6 +197,9 @@ class CvopsHook(_HookBase):
         registered_model_name: str | None = None,
         sample_images: Sequence[np.ndarray] = (),
         class_names: Sequence[str] = (),
+        evaluator_output_dirs: Sequence[str | Path] = (),
+        evaluation_max_images: int = 300,
+        log_checkpoint: bool = False,
     ) -> None:
         if period < 1:
             raise ValueError(f"period must be >= 1, got {period}")
@@ -177,21 +208,26 @@ class CvopsHook(_HookBase):
         self.registered_model_name = registered_model_name
         self.sample_images = list(sample_images)
         self.class_names = list(class_names)
-        self._main = _is_main_process()
+        self.evaluator_output_dirs = [Path(d) for d in evaluator_output_dirs]
+        self.evaluation_max_images = evaluation_max_images
+        self.log_checkpoint = log_checkpoint
+        self.registered_version = None
+        # A disabled run (tracking off) can take metrics but not a registered model: do nothing.
+        self._active = _is_main_process() and getattr(run, "enabled", True)
         self._forwarder = StorageForwarder(run, window_size)
 
     @never_raises
     def before_train(self) -> None:
-        if not self._main:
+        if not self._active:
             return
         self.run.set_tags({"framework": "detectron2"})
         cfg = getattr(self.trainer, "cfg", None)
         if cfg is not None:
             self.run.log_params(flatten_config(cfg))
             self.run.log_text(_dump_config(cfg), "config.yaml")
-            backbone = cfg.get("MODEL", {}).get("BACKBONE", {}).get("NAME")
-            if backbone:
-                self.run.set_tags({"backbone": str(backbone)})
+            backbone = describe_backbone(cfg)
+            if backbone and "backbone" not in self.run.tags:  # CVOPS_TAG_BACKBONE or tags= win
+                self.run.set_tags({"backbone": backbone})
         self._warn_if_after_periodic_writer()
 
     def _warn_if_after_periodic_writer(self) -> None:
@@ -206,12 +242,12 @@ class CvopsHook(_HookBase):
     @never_raises
     def after_step(self) -> None:
         iteration = self.trainer.iter
-        if self._main and ((iteration + 1) % self.period == 0 or iteration == self.trainer.max_iter - 1):
+        if self._active and ((iteration + 1) % self.period == 0 or iteration == self.trainer.max_iter - 1):
             self._forwarder.forward(self.trainer.storage)
 
     @never_raises
     def after_train(self) -> None:
-        if not self._main:
+        if not self._active:
             return
         self._forwarder.forward(self.trainer.storage)  # includes EvalHook's final evaluation
         # TrainerBase.train: "self.iter == max_iter can be used by after_train to tell whether
@@ -222,19 +258,72 @@ class CvopsHook(_HookBase):
             return
         output_dir = self._output_dir()
         if output_dir is not None:
-            for path in sorted((output_dir / "inference").glob("*.json")) + sorted(output_dir.glob("metrics.json")):
+            for path in self._evaluator_files(output_dir):
                 self.run.log_artifact(str(path), artifact_path="evaluation")
-            weights = output_dir / "model_final.pth"
-            if self.registered_model_name and weights.is_file():
-                log_detectron2_model(
+            checkpoint = output_dir / "model_final.pth"
+            if self.log_checkpoint and checkpoint.is_file():
+                self.run.log_artifact(str(checkpoint), artifact_path="checkpoint")
+            if self.registered_model_name:
+                self.registered_version = log_detectron2_model(
                     self.run,
-                    weights,
+                    self._save_weights(output_dir / "model_weights.pth"),
                     _dump_config(self.trainer.cfg),
                     registered_model_name=self.registered_model_name,
                 )
+        self._log_final_evaluation()
         if self.sample_images:
             self._log_samples()
         self.run.flush()
+
+    def _evaluator_files(self, output_dir: Path) -> list[Path]:
+        found: list[Path] = []
+        for directory in [output_dir, output_dir / "inference", *self.evaluator_output_dirs]:
+            found += [path for path in sorted(directory.glob("*.json")) if path not in found]
+        return found
+
+    def _save_weights(self, path: Path) -> Path:
+        """The model's weights alone, as DetectionCheckpointer (and so DefaultPredictor) loads
+        them; model_final.pth also holds optimizer and scheduler state, which serving never reads."""
+        torch = require("torch", extra="detectron2")
+        torch.save({"model": _unwrapped(self.trainer.model).state_dict()}, path)
+        return path
+
+    @never_raises
+    def _log_final_evaluation(self) -> None:
+        """cvops.evaluation's artifacts (PR curves, confusion matrix, per-class AP, samples) and
+        latency for the trained model on the first test dataset, at the final evaluation's step."""
+        cfg = self.trainer.cfg
+        test_sets = list(cfg.get("DATASETS", {}).get("TEST", ()))
+        if not test_sets or self.evaluation_max_images < 1:
+            return
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+        from detectron2.data.detection_utils import read_image
+        from detectron2.structures import BoxMode
+
+        records = DatasetCatalog.get(test_sets[0])[: self.evaluation_max_images]
+        class_names = list(MetadataCatalog.get(test_sets[0]).thing_classes)
+        images = [read_image(record["file_name"], format="RGB") for record in records]
+        ground_truth = []
+        for record in records:
+            annotations = record.get("annotations", [])
+            ground_truth.append(Detections(
+                boxes=[BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations],
+                classes=[a["category_id"] for a in annotations],  # contiguous 0.. as DatasetCatalog maps them
+            ))
+        predictions: list[Detections] = []
+        latency = None
+        with self._inference_mode() as predict:
+            def predict_batch(batch: list[np.ndarray]) -> None:
+                predictions.extend(predict(image) for image in batch)
+
+            try:
+                latency = evaluation.measure_latency(predict_batch, [[image] for image in images])
+            except ValueError as too_few:  # one image: predicted, but nothing left to time
+                log.warning("cvops: no inference latency for %s: %s", test_sets[0], too_few)
+        step = self.trainer.iter  # where EvalHook's final evaluation puts bbox/AP: max_iter
+        evaluation.log_detection_evaluation(self.run, predictions, ground_truth, class_names, images=images, step=step)
+        if latency is not None:
+            evaluation.log_latency(self.run, latency, step=step)
 
     def log_evaluation(self, results: Mapping[str, Any], step: int | None = None) -> None:
         """For results of ``trainer.test(cfg, model)`` run outside EvalHook."""
@@ -247,25 +336,43 @@ class CvopsHook(_HookBase):
         return Path(output_dir) if output_dir else None
 
     def _log_samples(self) -> None:
-        """Draw the trained model's predictions with detectron2's documented model I/O
-        (list of {"image": CHW tensor in cfg.INPUT.FORMAT, "height", "width"} -> "instances")."""
+        with self._inference_mode() as predict:
+            for index, image in enumerate(self.sample_images):
+                drawn = evaluation.draw_detections(image, predict(image), self.class_names)
+                self.run.log_image(drawn, f"samples/{index:02d}.png")
+
+    @contextlib.contextmanager
+    def _inference_mode(self) -> Iterator[Callable[[np.ndarray], Detections]]:
+        """``predict(rgb_image) -> Detections`` with the model the trainer holds, through
+        detectron2's documented model I/O (list of {"image": CHW tensor in cfg.INPUT.FORMAT,
+        resized as for testing, "height", "width"} -> "instances" at that height and width);
+        the model's training mode is restored afterwards."""
         torch = require("torch", extra="detectron2")
         model = self.trainer.model
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for index, image in enumerate(self.sample_images):
-                    found = _instances_to_detections(model([_model_input(image, self.trainer.cfg, torch)])[0])
-                    drawn = evaluation.draw_detections(image, found, self.class_names)
-                    self.run.log_image(drawn, f"samples/{index:02d}.png")
+                yield lambda image: _instances_to_detections(model([_model_input(image, self.trainer.cfg, torch)])[0])
         finally:
             model.train(was_training)
 
 
+def _unwrapped(model: Any) -> Any:
+    # DistributedDataParallel (DefaultTrainer with several GPUs) holds the model as .module.
+    return getattr(model, "module", model)
+
+
 def _model_input(image: np.ndarray, cfg: Any, torch: Any) -> dict[str, Any]:
-    fmt = cfg.get("INPUT", {}).get("FORMAT", "BGR")
-    pixels = image[:, :, ::-1] if fmt == "BGR" else image
+    """An RGB image as DefaultPredictor feeds the model: channels in cfg.INPUT.FORMAT, resized
+    to the test size (ResizeShortestEdge to MIN_SIZE_TEST, at most MAX_SIZE_TEST)."""
+    from detectron2.data import transforms
+
+    inputs = cfg.get("INPUT", {})
+    pixels = image[:, :, ::-1] if inputs.get("FORMAT", "BGR") == "BGR" else image
+    if inputs.get("MIN_SIZE_TEST"):
+        resize = transforms.ResizeShortestEdge([inputs["MIN_SIZE_TEST"]] * 2, inputs.get("MAX_SIZE_TEST", 1333))
+        pixels = resize.get_transform(pixels).apply_image(np.ascontiguousarray(pixels))
     tensor = torch.as_tensor(np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype("float32"))
     return {"image": tensor, "height": image.shape[0], "width": image.shape[1]}
 
@@ -288,7 +395,7 @@ def _dump_config(cfg: Any) -> str:
 
 
 class Detectron2Detector(mlflow.pyfunc.PythonModel):
-    """``model_final.pth`` + ``config.yaml`` served as a pyfunc: RGB images in, boxes in pixels
+    """The model's weights + ``config.yaml`` served as a pyfunc: RGB images in, boxes in pixels
     (x1, y1, x2, y2), scores and classes out (see cvops.integrations._pyfunc). Preprocessing
     (resize, channel order) and postprocessing (rescale to the input size) are detectron2's
     ``DefaultPredictor``."""

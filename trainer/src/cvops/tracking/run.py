@@ -133,6 +133,10 @@ class DisabledRun:
     tracking_uri = None
     status = None
 
+    @property
+    def tags(self) -> dict[str, str]:
+        return {}
+
     def __enter__(self):
         return self
 
@@ -160,7 +164,8 @@ class Run:
     enabled = True
 
     def __init__(self, session: _Session, key: str, experiment_id: str | None, existing_params: dict[str, str],
-                 parent: Run | None = None, experiment_name: str | None = None):
+                 parent: Run | None = None, experiment_name: str | None = None,
+                 tags: Mapping[str, str] | None = None):
         self._session = session
         self._worker = session.worker
         self._key = key
@@ -169,6 +174,7 @@ class Run:
         self._parent = parent
         self._names = parent._names if parent else NameRegistry()
         self._params: dict[str, str] = dict(existing_params)
+        self._tags: dict[str, str] = dict(tags or {})
         self._nonfinite_points = 0
         self._status: str | None = None
         self._lock = threading.RLock()  # reentrant: the SIGTERM handler may run on a thread holding it
@@ -195,6 +201,13 @@ class Run:
     @property
     def tracking_uri(self) -> str:
         return self._session.settings.tracking_uri
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The tags this process gave the run (``start_run(tags=...)``, ``CVOPS_TAG_*``, the
+        standard ones, ``set_tags``), so an adapter can leave the user's own tags alone."""
+        with self._lock:
+            return dict(self._tags)
 
     @property
     def status(self) -> str | None:
@@ -272,6 +285,8 @@ class Run:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         items = [(self._names(name), str(value)) for name, value in tags.items() if value is not None]
+        with self._lock:
+            self._tags.update((name, str(value)) for name, value in tags.items() if value is not None)
         for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
             self._submit("tags", tags=dict(items[start:start + MAX_PARAMS_TAGS_PER_BATCH]))
 
@@ -459,7 +474,8 @@ def _create_run(session: _Session, experiment: str | None, experiment_id: str | 
         session.worker.submit({"op": "create_run", "run": key, "experiment": experiment,
                                "experiment_id": experiment_id, "run_name": run_name, "tags": all_tags,
                                "start_ms": start_ms, "parent": parent._key if parent else None})
-    return Run(session, key, experiment_id, existing_params={}, parent=parent, experiment_name=experiment)
+    return Run(session, key, experiment_id, existing_params={}, parent=parent, experiment_name=experiment,
+               tags=all_tags)
 
 
 def _resume_run(session: _Session, run_id: str, tags: dict[str, str]) -> Run:

@@ -1,0 +1,221 @@
+"""The real Detectron2 (CPU) with ``CvopsHook``, against the harness's tracking server.
+
+One real ``DefaultTrainer`` run (tests/frameworks/detectron2_training.py: the example's config,
+a ``COCOEvaluator`` writing into ``OUTPUT_DIR``, ``EvalHook`` every 10 of 25 iterations, the
+user's ``CVOPS_TAG_BACKBONE``) is shared by the assertions below; the project example runs as
+its docs show; a run that fails mid-training shows the outcome tag. Each training takes well
+under a minute of CPU on 64 px synthetic shapes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.frameworks import detectron2_training, environments, support
+from tests.integration.sdk_env import use_sdk_env
+
+pytestmark = [pytest.mark.frameworks, pytest.mark.integration]
+
+mlflow = pytest.importorskip("mlflow")
+
+TRAINING_SCRIPT = Path(detectron2_training.__file__)
+MAX_ITER = 25
+USER_BACKBONE = "resnet18-gn-scratch"
+
+
+@pytest.fixture(scope="module")
+def d2_python(framework_python):
+    return framework_python("detectron2")
+
+
+@pytest.fixture(scope="module")
+def module_env(tracking_server, tmp_path_factory):
+    """framework_env for the module's shared trainings (that fixture is per test)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_sdk_env(monkeypatch, tracking_server, tmp_path_factory.mktemp("sdk"))
+        monkeypatch.setenv("PYTHONPATH", str(environments.REPO_ROOT / "trainer" / "src"))
+        monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+        yield tracking_server
+
+
+@pytest.fixture(scope="module")
+def shapes(d2_python, tmp_path_factory):
+    data = tmp_path_factory.mktemp("d2data") / "shapes"
+    subprocess.run([str(d2_python), str(support.EXAMPLES / "make_shapes.py"), str(data), "--train", "12",
+                    "--val", "6", "--size", "64", "--max-objects", "2", "--tfrecord", "off"], check=True,
+                   capture_output=True)
+    return data
+
+
+def train(d2_python, shapes, workdir: Path, *extra: str, env: dict | None = None) -> tuple[dict, Path, str]:
+    output_dir = workdir / "output"
+    model_name = f"d2-real-{time.time_ns()}"
+    result = support.run_logged([d2_python, TRAINING_SCRIPT, shapes, output_dir, model_name, "--max-iter",
+                                 str(MAX_ITER), *extra], log_path=workdir / "train.log", timeout_s=900, env=env)
+    line = [line for line in result.output.splitlines() if line.startswith("RESULT ")][-1]
+    return {**json.loads(line[len("RESULT "):]), "returncode": result.returncode, "log": result.output}, \
+        output_dir, model_name
+
+
+@pytest.fixture(scope="module")
+def trained(d2_python, shapes, module_env, tmp_path_factory):
+    env = {**os.environ, "CVOPS_TAG_BACKBONE": USER_BACKBONE}
+    result, output_dir, model_name = train(d2_python, shapes, tmp_path_factory.mktemp("d2run"), env=env)
+    assert result["returncode"] == 0, support.tail(result["log"])
+    client = mlflow.MlflowClient()
+    return {**result, "output_dir": output_dir, "model_name": model_name, "client": client,
+            "run": client.get_run(result["run_id"])}
+
+
+def detectron2_metrics(output_dir: Path) -> dict[str, dict[int, float]]:
+    """OUTPUT_DIR/metrics.json (JSONWriter: one line per write) as name -> {iteration: value}."""
+    history: dict[str, dict[int, float]] = {}
+    for line in (output_dir / "metrics.json").read_text().splitlines():
+        record = json.loads(line)
+        iteration = record.pop("iteration")
+        for name, value in record.items():
+            history.setdefault(name, {})[iteration] = value
+    return history
+
+
+def mlflow_history(client, run_id: str, name: str) -> dict[int, float]:
+    import cvops
+
+    return {m.step: m.value for m in client.get_metric_history(run_id, cvops.sanitize_metric_name(name))}
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-6)
+
+
+def test_run_finishes_with_detectron2s_own_scalars_at_its_iterations(trained):
+    run, client = trained["run"], trained["client"]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["training_outcome"] == "finished"
+    written = detectron2_metrics(trained["output_dir"])
+    assert {"total_loss", "loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "lr", "bbox/AP"} <= set(written)
+    for name, by_iteration in written.items():
+        arrived = mlflow_history(client, run.info.run_id, name)
+        assert sorted(arrived) == sorted(by_iteration), name
+        assert all(same(arrived[i], by_iteration[i]) for i in by_iteration), (name, arrived, by_iteration)
+    assert sorted(written["total_loss"]) == [19, MAX_ITER - 1]
+    # EvalHook evaluates at iterations 9 and 19 and after the last one; like JSONWriter, the
+    # hook sends the latest value at each write (19 and the end), so 9's was superseded.
+    assert sorted(mlflow_history(client, run.info.run_id, "bbox/AP")) == [19, MAX_ITER]
+    assert {"bbox/AP50", "bbox/AP75", "bbox/APs"} <= set(run.data.metrics)
+
+
+def test_config_params_use_one_format_for_tuples_and_lists(trained):
+    params = trained["run"].data.params
+    assert params["DATASETS.TRAIN"] == '["shapes_train"]'  # a tuple in the CfgNode
+    assert params["INPUT.MIN_SIZE_TRAIN"] == "[64]"  # a tuple from --opts
+    assert params["MODEL.ANCHOR_GENERATOR.SIZES"] == "[[16], [32], [48], [64], [96]]"  # lists
+    assert params["SOLVER.BASE_LR"] == "0.02"
+
+
+def test_the_users_backbone_tag_is_kept(trained):
+    tags = trained["run"].data.tags
+    assert tags["backbone"] == USER_BACKBONE
+    assert tags["framework"] == "detectron2"
+
+
+def test_evaluation_artifacts_and_latency_arrive_at_the_final_step(trained):
+    run, client = trained["run"], trained["client"]
+    run_id = run.info.run_id
+    evaluation = {f.path for f in client.list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/coco_instances_results.json", "evaluation/metrics.json", "evaluation/per_class_ap.json",
+            "evaluation/pr_curves.png", "evaluation/confusion_matrix.png"} <= evaluation
+    assert client.list_artifacts(run_id, "evaluation/samples")
+    per_class = json.loads(Path(client.download_artifacts(run_id, "evaluation/per_class_ap.json")).read_text())
+    assert [row["class"] for row in per_class["per_class"]] == ["circle", "square", "triangle"]
+    for name in ("eval/mAP", "eval/AP50", "inference/latency_p50_ms", "inference/images_per_s"):
+        assert list(mlflow_history(client, run_id, name)) == [MAX_ITER], name
+    assert not client.list_artifacts(run_id, "checkpoint")  # the full checkpoint is opt-in
+
+
+def test_registered_model_holds_weights_only_and_is_servable(trained, d2_python, shapes, tmp_path, framework_env):
+    client, name = trained["client"], trained["model_name"]
+    candidate = client.get_model_version_by_alias(name, "candidate")
+    assert str(candidate.version) == str(trained["registered_version"])
+    assert candidate.run_id == trained["run_id"]
+    model_uri = f"models:/{name}@candidate"
+    model_dir = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "model")))
+    weights = model_dir / "artifacts" / "model_weights.pth"
+    keys = subprocess.run([str(d2_python), "-c", "import sys, torch; print(sorted(torch.load(sys.argv[1])))",
+                           str(weights)], capture_output=True, text=True, check=True).stdout.strip()
+    assert keys == "['model']"  # no optimizer, scheduler or iteration
+    assert weights.stat().st_size == pytest.approx(trained["parameter_bytes"], rel=0.01)
+
+    import numpy as np
+    from PIL import Image
+
+    val = json.loads((shapes / "annotations" / "val.json").read_text())["images"][:2]
+    images = [np.asarray(Image.open(shapes / "images" / image["file_name"]).convert("RGB")) for image in val]
+    predicted = support.model_environment_predicts(model_uri, images, tmp_path / "serving")
+    assert len(predicted) == 2
+    assert all(set(row) == {"boxes", "scores", "classes"} for row in predicted)
+
+
+def test_failed_training_is_told_apart_and_registers_nothing(d2_python, shapes, module_env, tmp_path):
+    result, _, model_name = train(d2_python, shapes, tmp_path, "--fail-at", "12")
+    assert result["returncode"] != 0 and "scripted failure" in result["log"]
+    client = mlflow.MlflowClient()
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["training_outcome"] == "failed at iteration 12"
+    # after_train sends what the failing iteration had put (its losses: run_step succeeded) and
+    # EvalHook's evaluation at iteration 9; no final evaluation.
+    assert sorted(mlflow_history(client, run.info.run_id, "total_loss")) == [12]
+    assert sorted(mlflow_history(client, run.info.run_id, "bbox/AP")) == [9]
+    assert result["registered_version"] is None
+    assert client.search_model_versions(f"name='{model_name}'") == []
+
+
+def test_example_trains_evaluates_and_registers_as_documented(d2_python, shapes, module_env, tmp_path):
+    model_name = f"d2-example-{time.time_ns()}"
+    result = support.run_logged([d2_python, support.EXAMPLES / "detectron2" / "train.py", "--data", shapes,
+                                 "--output-dir", tmp_path / "output", "--max-iter", "10", "--model-name", model_name,
+                                 "--opts", *detectron2_training.SMALL],
+                                log_path=tmp_path / "example.log", timeout_s=900)
+    assert result.returncode == 0, support.tail(result.output)
+    assert f"cvops: registered {model_name} version 1 as @candidate" in result.output
+    client = mlflow.MlflowClient()
+    run = client.get_run(client.get_model_version_by_alias(model_name, "candidate").run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["backbone"] == "R-18-FPN"  # derived: no CVOPS_TAG_BACKBONE, no tags=
+    evaluation = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/coco_instances_results.json", "evaluation/pr_curves.png"} <= evaluation
+
+
+@pytest.mark.parametrize(("model", "described"), [
+    ({"BACKBONE": {"NAME": "build_resnet_fpn_backbone"}, "RESNETS": {"DEPTH": 50, "RES5_DILATION": 1}}, "R-50-FPN"),
+    ({"BACKBONE": {"NAME": "build_retinanet_resnet_fpn_backbone"}, "RESNETS": {"DEPTH": 101}}, "R-101-FPN"),
+    ({"BACKBONE": {"NAME": "build_resnet_backbone"}, "RESNETS": {"DEPTH": 50, "RES5_DILATION": 1}}, "R-50-C4"),
+    ({"BACKBONE": {"NAME": "build_resnet_backbone"}, "RESNETS": {"DEPTH": 50, "RES5_DILATION": 2}}, "R-50-DC5"),
+    ({"BACKBONE": {"NAME": "build_regnet_fpn_backbone"}}, "regnet_fpn"),
+])
+def test_backbone_description_names_depth_and_layout(model, described):
+    from cvops.integrations.detectron2 import describe_backbone
+
+    assert describe_backbone({"MODEL": model}) == described
+
+
+def test_hook_placed_after_the_periodic_writer_warns(d2_python, module_env, tmp_path):
+    script = (
+        "import cvops\n"
+        "from detectron2.engine import TrainerBase, hooks\n"
+        "from cvops.integrations.detectron2 import CvopsHook\n"
+        "with cvops.start_run(experiment='frameworks-detectron2') as run:\n"
+        "    trainer, hook = TrainerBase(), CvopsHook(run)\n"
+        "    trainer.register_hooks([hooks.PeriodicWriter([]), hook])\n"
+        "    hook.before_train()\n"
+    )
+    result = support.run_logged([d2_python, "-c", script], log_path=tmp_path / "order.log", timeout_s=300)
+    assert result.returncode == 0, support.tail(result.output)
+    assert "hooks.insert(-1, hook)" in result.output
