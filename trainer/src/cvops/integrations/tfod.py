@@ -8,8 +8,19 @@ starts ``model_main_tf2.py`` (training, plus evaluation as a second process watc
 checkpoints via ``--checkpoint_dir``), follows those files while the processes run, catches up
 when they end, and runs ``exporter_main_v2.py`` to log and register the detector.
 
+Two properties of the unmodified ``model_main_tf2.py`` shape the bridge:
+
+- it saves a checkpoint at step 0 and then only when ``--checkpoint_every_n`` steps have passed
+  since the last save, checking once per iteration of 100 steps, never at the end of training.
+  The bridge picks (or checks the user's) ``--checkpoint_every_n`` so that the final step is saved
+  and refuses, before starting anything, a plan that would not save it;
+- its evaluator sleeps 300 s between evaluations, so the final checkpoint may still be waiting
+  when training ends. The bridge then replaces it with an evaluator that starts on the final
+  checkpoint at once, and fails the run if that evaluation does not arrive.
+
 Only the ``tensorboard`` package (protos) is needed in the bridge process; TensorFlow, when it
-is importable, is used for one thing: reading the training step stored in a checkpoint.
+is importable, reads the training step stored in a checkpoint and evaluates the exported model
+on the evaluation records (PR curves, confusion matrix, per-class AP, samples, latency).
 
     with cvops.start_run(tags={"task": "detection"}) as run:
         bridge = TFODBridge(run, pipeline_config_path="pipeline.config", model_dir="out/")
@@ -20,25 +31,131 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import mlflow.pyfunc
 
+from cvops import evaluation
 from cvops.evaluation import Detections
 from cvops.integrations import _pyfunc
 from cvops.integrations._common import never_raises
-from cvops.integrations.pipeline_config import flatten, parse_text_proto, read_pipeline_config, summarize
+from cvops.integrations.pipeline_config import (
+    PipelineConfigError,
+    flatten,
+    parse_text_proto,
+    read_pipeline_config,
+    summarize,
+)
 from cvops.integrations.tfevents import EventDirectoryTailer, Image, Scalar
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"  # model_lib_v2: Checkpoint(step=global_step, ...)
+# model_lib_v2.NUM_STEPS_PER_ITERATION: train_loop runs 100 steps per iteration and only checks for
+# a save (and the end) between iterations, so --num_train_steps=20 trains 100 steps.
+STEPS_PER_ITERATION = 100
+DEFAULT_CHECKPOINT_EVERY_N = 1000  # model_main_tf2.py's default, the ceiling of a derived interval
+# A derived interval may not save more than twice as often as the default would (at least 50 saves
+# allowed): each checkpoint is written, rotated and uploaded to the run.
+MIN_ALLOWED_SAVES = 50
+
+
+class FinalEvaluationError(RuntimeError):
+    """Training finished but its final checkpoint was not evaluated."""
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How many steps model_main_tf2.py will train and how often it saves, chosen so that the
+    final step is saved; ``extra_args`` are the flags the bridge adds to the user's."""
+
+    num_steps: int
+    checkpoint_every_n: int
+    extra_args: tuple[str, ...]
+
+
+def flag_value(args: Sequence[str], name: str) -> str | None:
+    """The value absl would give flag ``name`` in ``args`` (``--name=v``, ``--name v``, one dash
+    too); the last occurrence wins, as in absl."""
+    value = None
+    for index, arg in enumerate(args):
+        for spelling in (f"--{name}", f"-{name}"):
+            if arg == spelling and index + 1 < len(args):
+                value = args[index + 1]
+            elif arg.startswith(spelling + "="):
+                value = arg[len(spelling) + 1:]
+    return value
+
+
+def _int_flag(args: Sequence[str], name: str) -> int | None:
+    raw = flag_value(args, name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise PipelineConfigError(f"--{name}={raw}: not an integer") from None
+
+
+def saves_final_step(num_steps: int, checkpoint_every_n: int) -> bool:
+    """Whether model_main_tf2.py saves step ``num_steps`` (a multiple of 100): it saves after an
+    iteration once ``checkpoint_every_n`` steps have passed since the last save."""
+    iterations_between_saves = max(1, math.ceil(checkpoint_every_n / STEPS_PER_ITERATION))
+    return (num_steps // STEPS_PER_ITERATION) % iterations_between_saves == 0
+
+
+def plan_training(config: dict[str, Any], train_args: Sequence[str]) -> TrainingPlan:
+    """The steps (``--num_train_steps``, else ``train_config.num_steps``) and the checkpoint
+    interval (the user's ``--checkpoint_every_n``, else the largest one up to 1000 that saves the
+    final step); raises PipelineConfigError, naming the numbers, when the final step would not be
+    saved or evaluated."""
+    num_steps = _int_flag(train_args, "num_train_steps")
+    source = "--num_train_steps"
+    if num_steps is None:
+        num_steps = int(config.get("train_config", {}).get("num_steps", 0) or 0)
+        source = "train_config.num_steps"
+    if num_steps <= 0:
+        raise PipelineConfigError(
+            f"{source} is {num_steps}: set train_config.num_steps in pipeline.config or pass --num_train_steps"
+        )
+    if num_steps % STEPS_PER_ITERATION:
+        trained = math.ceil(num_steps / STEPS_PER_ITERATION) * STEPS_PER_ITERATION
+        raise PipelineConfigError(
+            f"{source}={num_steps}: model_main_tf2.py trains in iterations of {STEPS_PER_ITERATION} steps, so it "
+            f"would stop at step {trained}, and its evaluator waits for step {num_steps}, which never comes; "
+            f"use a multiple of {STEPS_PER_ITERATION} (e.g. --num_train_steps={trained})"
+        )
+    iterations = num_steps // STEPS_PER_ITERATION
+    given = _int_flag(train_args, "checkpoint_every_n")
+    if given is not None:
+        if not saves_final_step(num_steps, given):
+            raise PipelineConfigError(
+                f"--checkpoint_every_n={given} with {num_steps} training steps ({source}): model_main_tf2.py "
+                f"would never save step {num_steps} (it checks every {STEPS_PER_ITERATION} steps and saves once "
+                f"{given} steps have passed since the last save), so export and the last evaluation would use an "
+                f"older checkpoint; pass a multiple of {STEPS_PER_ITERATION} that divides {num_steps}, or leave "
+                f"--checkpoint_every_n out and cvops picks one"
+            )
+        return TrainingPlan(num_steps, given, ())
+    per_save = max(n for n in range(1, DEFAULT_CHECKPOINT_EVERY_N // STEPS_PER_ITERATION + 1) if iterations % n == 0)
+    every_n = per_save * STEPS_PER_ITERATION
+    saves = iterations // per_save
+    allowed = max(MIN_ALLOWED_SAVES, 2 * math.ceil(num_steps / DEFAULT_CHECKPOINT_EVERY_N))
+    if saves > allowed:
+        raise PipelineConfigError(
+            f"{source}={num_steps}: the largest checkpoint interval up to {DEFAULT_CHECKPOINT_EVERY_N} that saves "
+            f"the final step is {every_n}, i.e. {saves} checkpoints (more than {allowed}); pass "
+            f"--checkpoint_every_n={every_n} (or ={num_steps}: only step 0 and the end) to accept that, "
+            f"or choose num_steps with a divisor near {DEFAULT_CHECKPOINT_EVERY_N}"
+        )
+    return TrainingPlan(num_steps, every_n, (f"--checkpoint_every_n={every_n}",))
 
 
 def source_prefix(source: str) -> str:
@@ -64,6 +181,7 @@ class ModelDirMirror:
         self._events = EventDirectoryTailer(self.model_dir)
         self._logged_checkpoints: set[str] = set()
         self._images_dir = Path(tempfile.mkdtemp(prefix="cvops-tfod-images-"))
+        self.evaluated_step: int | None = None  # highest step of any evaluation scalar seen
 
     @never_raises
     def poll(self) -> None:
@@ -77,6 +195,8 @@ class ModelDirMirror:
     def _log_scalars(self, scalars: Sequence[Scalar]) -> None:
         by_step: dict[tuple[int, float], dict[str, float]] = {}
         for scalar in scalars:
+            if source_prefix(scalar.source) and (self.evaluated_step is None or scalar.step > self.evaluated_step):
+                self.evaluated_step = scalar.step
             by_step.setdefault((scalar.step, scalar.wall_time), {})[metric_name(scalar.source, scalar.tag)] = scalar.value
         for (step, wall_time), metrics in sorted(by_step.items()):
             self.run.log_metrics(metrics, step=step, timestamp_ms=int(wall_time * 1000))
@@ -153,7 +273,10 @@ class TFODBridge:
 
     ``model_main`` and ``exporter`` are the paths of the user's ``model_main_tf2.py`` and
     ``exporter_main_v2.py`` (by default looked up inside the installed ``object_detection``
-    package). ``python`` is the interpreter that has the OD API (e.g. TF 2.15.1)."""
+    package). ``python`` is the interpreter that has the OD API (e.g. TF 2.15.1). ``train_args``
+    are model_main_tf2.py flags, given to the trainer and the evaluator alike (as a user runs the
+    one binary twice). Constructing the bridge checks the training plan (:func:`plan_training`)
+    and raises PipelineConfigError before anything starts."""
 
     def __init__(
         self,
@@ -180,8 +303,9 @@ class TFODBridge:
         self.eval_timeout_s = eval_timeout_s
         self.poll_interval_s = poll_interval_s
         self.train_args = list(train_args)
+        self.plan = plan_training(read_pipeline_config(self.pipeline_config_path), self.train_args)
         self.mirror = ModelDirMirror(run, self.model_dir, log_checkpoints=log_checkpoints)
-        read_pipeline_config(self.pipeline_config_path)  # fail before starting anything
+        self.registered_version = None  # set by export(registered_model_name=...)
 
     def _model_main_command(self, *extra: str) -> list[str]:
         return [
@@ -189,38 +313,67 @@ class TFODBridge:
             self.model_main,
             f"--model_dir={self.model_dir}",
             f"--pipeline_config_path={self.pipeline_config_path}",
+            *self.train_args,
             *extra,
         ]
 
+    def _evaluator_command(self) -> list[str]:
+        return self._model_main_command(f"--checkpoint_dir={self.model_dir}", f"--eval_timeout={self.eval_timeout_s}")
+
     def train(self) -> None:
         """Train (and evaluate alongside), mirroring as it goes; raises CalledProcessError if
-        training fails, after everything written so far has been logged."""
+        training fails, after everything written so far has been logged, and
+        FinalEvaluationError if the final checkpoint could not be evaluated."""
         log_pipeline_config(self.run, self.pipeline_config_path)
+        self.run.log_params({"num_train_steps": self.plan.num_steps, "checkpoint_every_n": self.plan.checkpoint_every_n})
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        trainer = subprocess.Popen(self._model_main_command(*self.train_args))
-        evaluator = None
+        processes = [subprocess.Popen(self._model_main_command(*self.plan.extra_args))]
+        trainer = processes[0]
         try:
             if self.run_eval:
-                evaluator = subprocess.Popen(
-                    self._model_main_command(
-                        f"--checkpoint_dir={self.model_dir}", f"--eval_timeout={self.eval_timeout_s}"
-                    )
-                )
-            self._follow(trainer, deadline=None)
-            if evaluator is not None and trainer.returncode == 0:
-                # The evaluator exits on its own eval_timeout_s after the last checkpoint it saw.
-                self._follow(evaluator, deadline=time.monotonic() + self.eval_timeout_s + 60)
+                processes.append(subprocess.Popen(self._evaluator_command()))
+            self._follow(trainer)
+            if self.run_eval and trainer.returncode == 0:
+                self._evaluate_final_step(processes)
         finally:
-            for process in (trainer, evaluator):
-                if process is not None and process.poll() is None:
-                    process.terminate()
-                    process.wait()
+            for process in processes:
+                _stop(process)
             self.mirror.poll()  # catch up with whatever was written last
             self.mirror.close()
         if trainer.returncode != 0:
             raise subprocess.CalledProcessError(trainer.returncode, trainer.args)
 
-    def _follow(self, process: subprocess.Popen, deadline: float | None) -> None:
+    def _evaluate_final_step(self, processes: list[subprocess.Popen]) -> None:
+        """Make sure the final checkpoint is evaluated. The continuous evaluator sleeps 300 s after
+        each evaluation (model_lib_v2.eval_continuously), so when training ends it is usually
+        asleep: stop it and start one that evaluates the latest checkpoint at once and exits
+        (it returns after evaluating step == num_steps). An evaluation of an older checkpoint in
+        progress at that moment is dropped."""
+        final = self.plan.num_steps
+        self.mirror.poll()
+        if self._evaluated(final):
+            return
+        _stop(processes[-1])
+        self.mirror.poll()
+        if self._evaluated(final):
+            return
+        evaluator = subprocess.Popen(self._evaluator_command())
+        processes.append(evaluator)
+        self._follow(evaluator, until=lambda: self._evaluated(final))
+        if not self._evaluated(final):
+            _stop(evaluator)
+            raise FinalEvaluationError(
+                f"the final checkpoint (step {final}) was not evaluated: the evaluator "
+                f"{'exited with code ' + str(evaluator.returncode) if evaluator.returncode is not None else 'was stopped'} "
+                f"and wrote no evaluation metrics at step {final} "
+                f"(last evaluated step: {self.mirror.evaluated_step}); see its output above"
+            )
+
+    def _evaluated(self, step: int) -> bool:
+        return self.mirror.evaluated_step is not None and self.mirror.evaluated_step >= step
+
+    def _follow(self, process: subprocess.Popen, until=lambda: False) -> None:
+        """Mirror while ``process`` runs, until it exits or ``until()`` holds."""
         while True:
             try:
                 process.wait(timeout=self.poll_interval_s)
@@ -229,7 +382,7 @@ class TFODBridge:
                 pass
             finally:
                 self.mirror.poll()
-            if deadline is not None and time.monotonic() > deadline:
+            if until():
                 return
 
     def export(
@@ -239,8 +392,10 @@ class TFODBridge:
         registered_model_name: str | None = None,
         input_type: str = "image_tensor",
     ) -> Path:
-        """Run ``exporter_main_v2.py`` on the latest checkpoint; with ``registered_model_name``,
-        log ``saved_model/`` as an MLflow pyfunc detector and register it."""
+        """Run ``exporter_main_v2.py`` on the latest checkpoint (the final step's, see
+        :func:`plan_training`); with ``registered_model_name``, log ``saved_model/`` as an MLflow
+        pyfunc detector, register it (``self.registered_version``, alias ``candidate``). Then
+        evaluate the exported model on pipeline.config's evaluation records at the final step."""
         output_directory = Path(output_directory)
         subprocess.run(
             [
@@ -257,8 +412,17 @@ class TFODBridge:
         if not (saved_model / "saved_model.pb").is_file():
             raise FileNotFoundError(f"exporter finished but wrote no {saved_model}/saved_model.pb")
         if registered_model_name:
-            log_saved_model_detector(self.run, saved_model, registered_model_name=registered_model_name)
+            self.registered_version = log_saved_model_detector(
+                self.run, saved_model, registered_model_name=registered_model_name
+            )
+        log_exported_model_evaluation(self.run, saved_model, self.pipeline_config_path, step=self.plan.num_steps)
         return saved_model
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        process.wait()
 
 
 def _od_api_script(name: str) -> Path:
@@ -271,34 +435,39 @@ def _od_api_script(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / name
 
 
+class ExportedDetector:
+    """Runs an OD API exported SavedModel on one RGB image: boxes in pixels (x1, y1, x2, y2),
+    scores and label-map class ids."""
+
+    def __init__(self, saved_model: str | Path) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self._signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+        self._input_name = next(iter(self._signature.structured_input_signature[1]))
+
+    def __call__(self, image) -> Detections:
+        outputs = self._signature(**{self._input_name: self._tf.constant(image[None])})
+        height, width = image.shape[:2]
+        count = int(outputs["num_detections"][0])
+        # OD API boxes are normalised (ymin, xmin, ymax, xmax).
+        boxes = outputs["detection_boxes"][0][:count].numpy()[:, [1, 0, 3, 2]] * [width, height, width, height]
+        return Detections(
+            boxes=boxes,
+            classes=outputs["detection_classes"][0][:count].numpy().astype(int),
+            scores=outputs["detection_scores"][0][:count].numpy(),
+        )
+
+
 class SavedModelDetector(mlflow.pyfunc.PythonModel):
     """An OD API exported SavedModel served as a pyfunc: RGB images in, boxes in pixels
     (x1, y1, x2, y2), scores and label-map class ids out (see cvops.integrations._pyfunc)."""
 
     def load_context(self, context) -> None:
-        import tensorflow as tf
-
-        self._tf = tf
-        signature = tf.saved_model.load(context.artifacts["saved_model"]).signatures["serving_default"]
-        self._detect = signature
-        self._input_name = next(iter(signature.structured_input_signature[1]))
+        self._detect = ExportedDetector(context.artifacts["saved_model"])
 
     def predict(self, context, model_input, params=None):
-        detections = []
-        for image in _pyfunc.images_from_model_input(model_input):
-            outputs = self._detect(**{self._input_name: self._tf.constant(image[None])})
-            height, width = image.shape[:2]
-            count = int(outputs["num_detections"][0])
-            # OD API boxes are normalised (ymin, xmin, ymax, xmax).
-            boxes = outputs["detection_boxes"][0][:count].numpy()[:, [1, 0, 3, 2]] * [width, height, width, height]
-            detections.append(
-                Detections(
-                    boxes=boxes,
-                    classes=outputs["detection_classes"][0][:count].numpy().astype(int),
-                    scores=outputs["detection_scores"][0][:count].numpy(),
-                )
-            )
-        return _pyfunc.detections_frame(detections)
+        return _pyfunc.detections_frame([self._detect(image) for image in _pyfunc.images_from_model_input(model_input)])
 
 
 def log_saved_model_detector(run: Any, saved_model: str | Path, *, registered_model_name: str):
@@ -309,3 +478,76 @@ def log_saved_model_detector(run: Any, saved_model: str | Path, *, registered_mo
         registered_model_name=registered_model_name,
         framework_requirements=[_pyfunc.TENSORFLOW],
     )
+
+
+def read_label_map(path: str | Path) -> dict[int, str]:
+    """Label-map id -> display name (else name), in id order."""
+    items = parse_text_proto(Path(path).read_text()).get("item", [])
+    items = items if isinstance(items, list) else [items]
+    return {int(item["id"]): str(item.get("display_name", item.get("name", item["id"]))) for item in sorted(items, key=lambda i: int(i["id"]))}
+
+
+def read_eval_records(config: dict[str, Any]):
+    """The images and ground truth of pipeline.config's (first) ``eval_input_reader``: RGB arrays,
+    Detections with pixel boxes and label-map ids, and the label map."""
+    import numpy as np
+    import tensorflow as tf
+
+    reader = config.get("eval_input_reader")
+    reader = reader[0] if isinstance(reader, list) else reader
+    if not reader or "tf_record_input_reader" not in reader or "label_map_path" not in reader:
+        raise PipelineConfigError("eval_input_reader: needs label_map_path and tf_record_input_reader.input_path")
+    patterns = reader["tf_record_input_reader"]["input_path"]
+    paths = [path for pattern in ([patterns] if isinstance(patterns, str) else patterns) for path in tf.io.gfile.glob(pattern)]
+    if not paths:
+        raise FileNotFoundError(f"eval_input_reader: no records match {patterns}")
+    features = {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        **{f"image/object/bbox/{key}": tf.io.VarLenFeature(tf.float32) for key in ("xmin", "ymin", "xmax", "ymax")},
+        "image/object/class/label": tf.io.VarLenFeature(tf.int64),
+    }
+    images, truth = [], []
+    for record in tf.data.TFRecordDataset(paths):
+        example = tf.io.parse_single_example(record, features)
+        image = tf.io.decode_image(example["image/encoded"], channels=3, expand_animations=False).numpy()
+        height, width = image.shape[:2]
+        corners = [tf.sparse.to_dense(example[f"image/object/bbox/{key}"]).numpy() for key in ("xmin", "ymin", "xmax", "ymax")]
+        boxes = np.stack(corners, axis=-1) * [width, height, width, height]
+        images.append(image)
+        truth.append(Detections(boxes=boxes, classes=tf.sparse.to_dense(example["image/object/class/label"]).numpy()))
+    return images, truth, read_label_map(reader["label_map_path"])
+
+
+@never_raises
+def log_exported_model_evaluation(run: Any, saved_model: str | Path, pipeline_config_path: str | Path, *, step: int) -> None:
+    """Run the exported model on the evaluation records and log cvops' detection evaluation
+    (eval/mAP, PR curves, confusion matrix, per-class AP, samples) and inference latency at
+    ``step``; needs TensorFlow in this process, else says what is skipped."""
+    if importlib.util.find_spec("tensorflow") is None:
+        log.warning(
+            "cvops: TensorFlow is not importable in this process: the exported model is not evaluated "
+            "(no PR curves, confusion matrix, per-class AP, sample images or latency in the run)"
+        )
+        return
+    images, truth, label_map = read_eval_records(read_pipeline_config(pipeline_config_path))
+    index_of = {label_id: index for index, label_id in enumerate(label_map)}
+
+    def by_index(found: Detections) -> Detections:
+        # Class ids outside the label map cannot be scored against it: they are dropped.
+        known = [i for i, label_id in enumerate(found.classes) if label_id in index_of]
+        return Detections(
+            boxes=found.boxes[known],
+            classes=[index_of[label_id] for label_id in found.classes[known]],
+            scores=None if found.scores is None else found.scores[known],
+        )
+
+    detect = ExportedDetector(saved_model)
+    predictions = [by_index(detect(image)) for image in images]
+    evaluation.log_detection_evaluation(
+        run, predictions, [by_index(t) for t in truth], list(label_map.values()), images=images, step=step
+    )
+    batches = [[image] for image in images]
+    report = evaluation.measure_latency(
+        lambda batch: [detect(image) for image in batch], batches, warmup_batches=min(1, len(batches) - 1)
+    )
+    evaluation.log_latency(run, report, step=step)

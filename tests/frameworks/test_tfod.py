@@ -1,0 +1,233 @@
+"""The real, unmodified TF Object Detection API (TF 2.15.1, Keras 2) through ``cvops tfod`` and the
+project example, against the harness's tracking server: model_main_tf2.py trains a tiny SSD on
+synthetic shapes, its evaluator and exporter_main_v2.py run as the bridge starts them, and what
+arrives in MLflow is compared with what the OD API wrote on disk.
+
+model_main_tf2.py trains in iterations of 100 steps, so 200 steps is the smallest run with two
+training points (steps 100 and 200) and a derived checkpoint interval (200) that differs from
+the OD API's default (1000, which would never save the last step).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.frameworks import environments
+from tests.frameworks.support import EXAMPLES, model_environment_predicts, run_logged, tail
+from tests.integration.sdk_env import use_sdk_env
+
+pytestmark = [pytest.mark.frameworks, pytest.mark.integration]
+
+mlflow = pytest.importorskip("mlflow")
+tf = pytest.importorskip("tensorflow")
+event_file_loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
+tensor_util = pytest.importorskip("tensorboard.util.tensor_util")
+
+import cvops  # noqa: E402
+
+STEPS = 200
+EVAL_MAP50 = "eval/DetectionBoxes_Precision/mAP@.50IOU"  # MLflow rejects '@': stored sanitised
+
+
+@pytest.fixture(scope="module")
+def tfod_python(framework_python):
+    return framework_python("tfod")
+
+
+@pytest.fixture(scope="module")
+def job_env(tracking_server, tmp_path_factory):
+    """framework_env for a module: the trained run is shared by the tests that read it."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_sdk_env(monkeypatch, tracking_server, tmp_path_factory.mktemp("sdk"))
+        monkeypatch.setenv("PYTHONPATH", str(environments.REPO_ROOT / "trainer" / "src"))
+        monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+        yield tracking_server
+
+
+@pytest.fixture(scope="module")
+def shapes(tfod_python, tmp_path_factory):
+    data = tmp_path_factory.mktemp("shapes")
+    made = run_logged([tfod_python, EXAMPLES / "make_shapes.py", data, "--train", "16", "--val", "4", "--size", "64",
+                       "--max-objects", "2", "--tfrecord", "required"], log_path=data / "make_shapes.log", timeout_s=300)
+    assert made.returncode == 0, tail(made.output)
+    return data
+
+
+def small_pipeline(shapes: Path, path: Path) -> Path:
+    """The example's pipeline.config with the data where make_shapes wrote it and test-sized
+    images and batches (64 px, 2 per batch); its num_steps stays 1500."""
+    text = (EXAMPLES / "tfod" / "pipeline.config").read_text()
+    text = text.replace("/data/shapes", str(shapes)).replace("height: 128 width: 128", "height: 64 width: 64")
+    path.write_text(text.replace("batch_size: 16", "batch_size: 2"))
+    return path
+
+
+def events(directory: Path) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} of the scalars in the event files under ``directory``."""
+    found: dict[str, dict[int, float]] = {}
+    for path in sorted(directory.rglob("events.out.tfevents.*")):
+        for event in event_file_loader.EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    found.setdefault(value.tag, {})[event.step] = float(tensor_util.make_ndarray(value.tensor))
+    return found
+
+
+def history(client, run_id, original_name) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, cvops.sanitize_metric_name(original_name))}
+
+
+def artifact_paths(client, run_id, path=None) -> set[str]:
+    paths = set()
+    for item in client.list_artifacts(run_id, path):
+        paths |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cli_run(tfod_python, job_env, shapes, tmp_path_factory):
+    """One ``cvops tfod`` run, as a user types it, with the evaluator, the exporter and a
+    registered model: --num_train_steps=200 overrides the config's 1500 steps."""
+    work = tmp_path_factory.mktemp("cli")
+    pipeline = small_pipeline(shapes, work / "pipeline.config")
+    name = f"tfod-shapes-{time.time_ns()}"
+    started = time.monotonic()
+    result = run_logged(
+        [tfod_python, "-m", "cvops", "tfod", f"--model_dir={work / 'model'}", f"--pipeline_config_path={pipeline}",
+         f"--export_dir={work / 'exported'}", f"--registered_model_name={name}", "--experiment=framework-tfod",
+         "--run_name=cli", "--eval_timeout_s=60", "--", f"--num_train_steps={STEPS}"],
+        log_path=work / "cvops-tfod.log", timeout_s=1200,
+    )
+    print(f"cvops tfod: {time.monotonic() - started:.0f} s")
+    assert result.returncode == 0, tail(result.output)
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias(name, "candidate")
+    return {"work": work, "name": name, "version": version, "run_id": version.run_id, "client": client,
+            "output": result.output}
+
+
+def test_training_and_evaluation_arrive_as_the_od_api_wrote_them(cli_run):
+    client, run_id, model_dir = cli_run["client"], cli_run["run_id"], cli_run["work"] / "model"
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    train = events(model_dir / "train")
+    assert {"Loss/total_loss", "Loss/localization_loss", "learning_rate"} <= set(train)
+    for tag, values in train.items():
+        assert history(client, run_id, tag) == pytest.approx(values), tag
+    assert set(train["Loss/total_loss"]) == {100, STEPS}
+
+    evaluated = events(model_dir / "eval")
+    assert STEPS in evaluated["DetectionBoxes_Precision/mAP"], "the final checkpoint was evaluated"
+    for tag, values in evaluated.items():
+        assert history(client, run_id, f"eval/{tag}") == pytest.approx(values), tag
+
+    mapping_file = client.download_artifacts(run_id, "cvops/name_mapping.json", str(cli_run["work"] / "mapping"))
+    mapping = json.loads(Path(mapping_file).read_text())
+    assert mapping[cvops.sanitize_metric_name(EVAL_MAP50)] == EVAL_MAP50
+
+    params, tags = run.data.params, run.data.tags
+    assert params["meta_architecture"] == "ssd" and params["num_classes"] == "3"
+    assert params["num_steps"] == "1500" and params["num_train_steps"] == str(STEPS)
+    assert params["checkpoint_every_n"] == str(STEPS)
+    assert tags["framework"] == "tfod" and tags["backbone"] == "ssd_mobilenet_v2_keras"
+
+
+def test_final_step_is_checkpointed_logged_and_exported(cli_run):
+    client, run_id, work = cli_run["client"], cli_run["run_id"], cli_run["work"]
+    # model_main_tf2.py saves step 0 (ckpt-1); the derived --checkpoint_every_n=200 saves the end.
+    final = tf.train.load_checkpoint(str(work / "model" / "ckpt-2"))
+    assert int(final.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == STEPS
+    assert history(client, run_id, "checkpoint/number") == {0: 1.0, STEPS: 2.0}
+    assert {"checkpoints/ckpt-2/ckpt-2.index"} <= artifact_paths(client, run_id, "checkpoints/ckpt-2")
+
+    # The exporter's own checkpoint holds the final step's weights. Step 0's checkpoint holds
+    # none (the model is built by the first step), which is why exporting it fails.
+    exported = tf.train.load_checkpoint(str(work / "exported" / "checkpoint"))
+    weights = [key for key in exported.get_variable_to_shape_map()
+               if key.startswith("model/") and key.endswith("VARIABLE_VALUE") and final.has_tensor(key)]
+    assert weights
+    assert all(np.array_equal(exported.get_tensor(key), final.get_tensor(key)) for key in weights)
+    first = tf.train.load_checkpoint(str(work / "model" / "ckpt-1"))
+    assert not any(first.has_tensor(key) for key in weights)
+
+
+def test_exported_model_is_evaluated_and_registered_as_candidate(cli_run):
+    client, run_id, version = cli_run["client"], cli_run["run_id"], cli_run["version"]
+    assert f"cvops: registered {cli_run['name']} version {version.version} as @candidate" in cli_run["output"]
+    artifacts = artifact_paths(client, run_id, "evaluation")
+    assert {"evaluation/pr_curves.png", "evaluation/confusion_matrix.png", "evaluation/per_class_ap.json",
+            "evaluation/samples/000.png"} <= artifacts
+    per_class = json.loads(Path(client.download_artifacts(run_id, "evaluation/per_class_ap.json",
+                                                          str(cli_run["work"] / "per_class"))).read_text())
+    assert [row["class"] for row in per_class["per_class"]] == ["circle", "square", "triangle"]
+    for name in ("eval/mAP", "eval/AP50", "inference/latency_p50_ms", "inference/images_per_s"):
+        assert set(history(client, run_id, name)) == {STEPS}, name
+
+
+def test_registered_model_is_servable_from_its_own_requirements(cli_run, shapes, tmp_path):
+    from PIL import Image
+
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in sorted((shapes / "images" / "val").glob("*.png"))[:2]]
+    predictions = model_environment_predicts(f"models:/{cli_run['name']}@candidate", images, tmp_path)
+    assert len(predictions) == len(images)
+    for image, found in zip(images, predictions):
+        boxes = np.asarray(found["boxes"]).reshape(-1, 4)
+        assert len(boxes) == len(found["scores"]) == len(found["classes"]) > 0
+        assert (boxes >= -1).all() and (boxes[:, [0, 2]] <= image.shape[1] + 1).all()
+        assert set(found["classes"]) <= {1, 2, 3}
+
+
+def test_checkpoint_interval_that_never_saves_the_final_step_is_refused_before_training(
+        tfod_python, job_env, shapes, tmp_path):
+    pipeline = small_pipeline(shapes, tmp_path / "pipeline.config")
+    result = run_logged(
+        [tfod_python, "-m", "cvops", "tfod", f"--model_dir={tmp_path / 'model'}", f"--pipeline_config_path={pipeline}",
+         "--experiment=framework-tfod", "--run_name=refused", "--", "--num_train_steps=300", "--checkpoint_every_n=200"],
+        log_path=tmp_path / "cvops-tfod.log", timeout_s=300,
+    )
+    assert result.returncode == 2, tail(result.output)
+    assert "--checkpoint_every_n=200 with 300 training steps" in result.output
+    assert "would never save step 300" in result.output
+    assert not (tmp_path / "model").exists()
+    assert not mlflow.search_runs(experiment_names=["framework-tfod"], filter_string="attributes.run_name = 'refused'",
+                                  output_format="list")
+
+
+def test_example_finishes_with_a_model_main_flag_and_registers(tfod_python, job_env, shapes, tmp_path, monkeypatch):
+    pipeline = small_pipeline(shapes, tmp_path / "pipeline.config")
+    name = f"shapes-tfod-{time.time_ns()}"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "framework-tfod-example")
+    result = run_logged(
+        [tfod_python, "train.py", "--pipeline", pipeline, "--model-dir", tmp_path / "model", "--model-name", name,
+         "--", "--num_train_steps=100"],
+        log_path=tmp_path / "train.log", timeout_s=1200, cwd=EXAMPLES / "tfod",
+    )
+    assert result.returncode == 0, tail(result.output)
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias(name, "candidate")
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["num_train_steps"] == "100" and run.data.params["checkpoint_every_n"] == "100"
+    assert 100 in history(client, version.run_id, "eval/DetectionBoxes_Precision/mAP")
+    assert history(client, version.run_id, "checkpoint/number") == {0: 1.0, 100: 2.0}
+    assert set(history(client, version.run_id, "eval/mAP")) == {100}
+
+
+def test_failed_training_ends_the_run_failed_with_the_trainers_exit_code(tfod_python, job_env, shapes, tmp_path):
+    pipeline = small_pipeline(shapes, tmp_path / "pipeline.config")
+    pipeline.write_text(pipeline.read_text().replace("tfrecord/train.record", "tfrecord/missing.record"))
+    result = run_logged(
+        [tfod_python, "-m", "cvops", "tfod", f"--model_dir={tmp_path / 'model'}", f"--pipeline_config_path={pipeline}",
+         "--experiment=framework-tfod", "--run_name=fails", "--no_eval", "--", "--num_train_steps=100"],
+        log_path=tmp_path / "cvops-tfod.log", timeout_s=300,
+    )
+    assert result.returncode != 0
+    assert "cvops tfod: model_main_tf2.py exited with" in result.output
+    (run,) = mlflow.search_runs(experiment_names=["framework-tfod"], filter_string="attributes.run_name = 'fails'",
+                                output_format="list")
+    assert run.info.status == "FAILED"
