@@ -27,12 +27,14 @@ def framework_python():
     return get
 
 
-@pytest.fixture
-def framework_env(tracking_server, monkeypatch, tmp_path):
+@pytest.fixture(scope="module")
+def framework_env(tracking_server, tmp_path_factory):
     """The process environment a training job gets: the harness server's URL and admin login,
-    a private spool, and this checkout's cvops ahead of the one installed in the environment."""
-    use_sdk_env(monkeypatch, tracking_server, tmp_path)
-    monkeypatch.setenv("PYTHONPATH", str(environments.REPO_ROOT / "trainer" / "src"))
-    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-    return tracking_server
+    a private spool, and this checkout's cvops ahead of the one installed in the environment.
+    Module-scoped, so one trained run can be shared by the tests that read it."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_sdk_env(monkeypatch, tracking_server, tmp_path_factory.mktemp("sdk"))
+        monkeypatch.setenv("PYTHONPATH", str(environments.REPO_ROOT / "trainer" / "src"))
+        monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+        yield tracking_server

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.frameworks import detectron2_training, environments, support
-from tests.integration.sdk_env import use_sdk_env
+from tests.frameworks import detectron2_training, support
 
 pytestmark = [pytest.mark.frameworks, pytest.mark.integration]
 
@@ -32,16 +31,6 @@ USER_BACKBONE = "resnet18-gn-scratch"
 @pytest.fixture(scope="module")
 def d2_python(framework_python):
     return framework_python("detectron2")
-
-
-@pytest.fixture(scope="module")
-def module_env(tracking_server, tmp_path_factory):
-    """framework_env for the module's shared trainings (that fixture is per test)."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        use_sdk_env(monkeypatch, tracking_server, tmp_path_factory.mktemp("sdk"))
-        monkeypatch.setenv("PYTHONPATH", str(environments.REPO_ROOT / "trainer" / "src"))
-        monkeypatch.setenv("PYTHONUNBUFFERED", "1")
-        yield tracking_server
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +53,7 @@ def train(d2_python, shapes, workdir: Path, *extra: str, env: dict | None = None
 
 
 @pytest.fixture(scope="module")
-def trained(d2_python, shapes, module_env, tmp_path_factory):
+def trained(d2_python, shapes, framework_env, tmp_path_factory):
     env = {**os.environ, "CVOPS_TAG_BACKBONE": USER_BACKBONE}
     result, output_dir, model_name = train(d2_python, shapes, tmp_path_factory.mktemp("d2run"), env=env)
     assert result["returncode"] == 0, support.tail(result["log"])
@@ -162,7 +151,7 @@ def test_registered_model_holds_weights_only_and_is_servable(trained, d2_python,
     assert all(set(row) == {"boxes", "scores", "classes"} for row in predicted)
 
 
-def test_failed_training_is_told_apart_and_registers_nothing(d2_python, shapes, module_env, tmp_path):
+def test_failed_training_is_told_apart_and_registers_nothing(d2_python, shapes, framework_env, tmp_path):
     result, _, model_name = train(d2_python, shapes, tmp_path, "--fail-at", "12")
     assert result["returncode"] != 0 and "scripted failure" in result["log"]
     client = mlflow.MlflowClient()
@@ -177,7 +166,7 @@ def test_failed_training_is_told_apart_and_registers_nothing(d2_python, shapes, 
     assert client.search_model_versions(f"name='{model_name}'") == []
 
 
-def test_example_trains_evaluates_and_registers_as_documented(d2_python, shapes, module_env, tmp_path):
+def test_example_trains_evaluates_and_registers_as_documented(d2_python, shapes, framework_env, tmp_path):
     model_name = f"d2-example-{time.time_ns()}"
     result = support.run_logged([d2_python, support.EXAMPLES / "detectron2" / "train.py", "--data", shapes,
                                  "--output-dir", tmp_path / "output", "--max-iter", "10", "--model-name", model_name,
@@ -206,7 +195,7 @@ def test_backbone_description_names_depth_and_layout(model, described):
     assert describe_backbone({"MODEL": model}) == described
 
 
-def test_hook_placed_after_the_periodic_writer_warns(d2_python, module_env, tmp_path):
+def test_hook_placed_after_the_periodic_writer_warns(d2_python, framework_env, tmp_path):
     script = (
         "import cvops\n"
         "from detectron2.engine import TrainerBase, hooks\n"

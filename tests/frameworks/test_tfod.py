@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.frameworks import environments
 from tests.frameworks.support import EXAMPLES, model_environment_predicts, run_logged, tail
-from tests.integration.sdk_env import use_sdk_env
 
 pytestmark = [pytest.mark.frameworks, pytest.mark.integration]
 
@@ -36,17 +34,6 @@ EVAL_MAP50 = "eval/DetectionBoxes_Precision/mAP@.50IOU"  # MLflow rejects '@': s
 @pytest.fixture(scope="module")
 def tfod_python(framework_python):
     return framework_python("tfod")
-
-
-@pytest.fixture(scope="module")
-def job_env(tracking_server, tmp_path_factory):
-    """framework_env for a module: the trained run is shared by the tests that read it."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        use_sdk_env(monkeypatch, tracking_server, tmp_path_factory.mktemp("sdk"))
-        monkeypatch.setenv("PYTHONPATH", str(environments.REPO_ROOT / "trainer" / "src"))
-        monkeypatch.setenv("PYTHONUNBUFFERED", "1")
-        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-        yield tracking_server
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +77,7 @@ def artifact_paths(client, run_id, path=None) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def cli_run(tfod_python, job_env, shapes, tmp_path_factory):
+def cli_run(tfod_python, framework_env, shapes, tmp_path_factory):
     """One ``cvops tfod`` run, as a user types it, with the evaluator, the exporter and a
     registered model: --num_train_steps=200 overrides the config's 1500 steps."""
     work = tmp_path_factory.mktemp("cli")
@@ -183,7 +170,7 @@ def test_registered_model_is_servable_from_its_own_requirements(cli_run, shapes,
 
 
 def test_checkpoint_interval_that_never_saves_the_final_step_is_refused_before_training(
-        tfod_python, job_env, shapes, tmp_path):
+        tfod_python, framework_env, shapes, tmp_path):
     pipeline = small_pipeline(shapes, tmp_path / "pipeline.config")
     result = run_logged(
         [tfod_python, "-m", "cvops", "tfod", f"--model_dir={tmp_path / 'model'}", f"--pipeline_config_path={pipeline}",
@@ -198,7 +185,7 @@ def test_checkpoint_interval_that_never_saves_the_final_step_is_refused_before_t
                                   output_format="list")
 
 
-def test_example_finishes_with_a_model_main_flag_and_registers(tfod_python, job_env, shapes, tmp_path, monkeypatch):
+def test_example_finishes_with_a_model_main_flag_and_registers(tfod_python, framework_env, shapes, tmp_path, monkeypatch):
     pipeline = small_pipeline(shapes, tmp_path / "pipeline.config")
     name = f"shapes-tfod-{time.time_ns()}"
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "framework-tfod-example")
@@ -218,7 +205,7 @@ def test_example_finishes_with_a_model_main_flag_and_registers(tfod_python, job_
     assert set(history(client, version.run_id, "eval/mAP")) == {100}
 
 
-def test_failed_training_ends_the_run_failed_with_the_trainers_exit_code(tfod_python, job_env, shapes, tmp_path):
+def test_failed_training_ends_the_run_failed_with_the_trainers_exit_code(tfod_python, framework_env, shapes, tmp_path):
     pipeline = small_pipeline(shapes, tmp_path / "pipeline.config")
     pipeline.write_text(pipeline.read_text().replace("tfrecord/train.record", "tfrecord/missing.record"))
     result = run_logged(
