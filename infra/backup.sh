@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Back up the cvops stack: pg_dump of the tracking and auth databases + a mirror of the artifact
-# bucket, into BACKUP_DIR/cvops-<UTC timestamp>/ (or a .tar.gz of it with --archive).
+# Back up the cvops stack: pg_dump of the tracking and auth databases, a mirror of the artifact
+# bucket and the stack's secrets (secrets/, mode 0700, files 0600: the backup unlocks the stack,
+# keep it as safe as the stack), into BACKUP_DIR/cvops-<UTC timestamp>/ (or a .tar.gz of it with
+# --archive).
 # Safe while the server runs: each database dump is a consistent snapshot; artifacts logged while
 # the backup runs may or may not be included.
 #
@@ -15,7 +17,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --archive) archive=1 ;;
         --dir) backup_root=${2:?--dir needs a directory}; shift ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
     shift
@@ -30,6 +32,7 @@ work=$target.partial
 [ ! -e "$target" ] || die "$target already exists"
 rm -rf "$work"
 mkdir -p "$work/artifacts"
+(umask 077 && mkdir "$work/secrets")
 
 step "Dump the databases"
 for db in $(databases); do
@@ -40,6 +43,10 @@ done
 
 step "Mirror the artifact bucket"
 bucket_mirror export "$work/artifacts" || die "copying the artifact bucket failed (see the message above)"
+
+step "Copy the secrets"
+secrets_mirror export "$work/secrets" || die "copying the secrets volume failed (see the message above)"
+info "$(find "$work/secrets" -type f | wc -l) secrets"
 
 step "Write the manifest"
 {
@@ -58,7 +65,7 @@ result=$target
 
 if [ "$archive" = 1 ]; then
     step "Pack the archive"
-    tar -C "$(dirname "$target")" -czf "$target.tar.gz.partial" "$name"
+    (umask 077 && tar -C "$(dirname "$target")" -czf "$target.tar.gz.partial" "$name")
     mv "$target.tar.gz.partial" "$target.tar.gz"
     rm -rf "$target"
     result=$target.tar.gz

@@ -49,7 +49,7 @@ preflight() {
     info "compose command: ${COMPOSE_CMD[*]}"
     local problem
     if ! problem=$(compose config -q 2>&1); then
-        die "the compose configuration is invalid (fill in .env from .env.example):
+        die "the compose configuration is invalid (check .env against .env.example):
 $problem"
     fi
     info "project: $(compose_project)"
@@ -106,10 +106,20 @@ wait_healthy() {
 postgres_tool() {
     local tool=$1
     shift
-    # shellcheck disable=SC2016 # expanded by the container's shell, from its own environment
-    compose exec -T postgres sh -c 'PGPASSWORD="$POSTGRES_PASSWORD" exec "$@"' sh "$tool" \
+    # shellcheck disable=SC2016 # expanded by the container's shell: the password file it mounts
+    compose exec -T postgres sh -c 'PGPASSWORD=$(cat "$POSTGRES_PASSWORD_FILE") exec "$@"' sh "$tool" \
         --host "$(setting POSTGRES_HOST postgres)" --port "$(setting POSTGRES_PORT 5432)" \
         --username "$(setting POSTGRES_USER mlflow)" "$@"
+}
+
+# secrets_mirror export|import HOST_DIR: copy the secrets volume to/from HOST_DIR with the server
+# image's `secrets-export` / `secrets-import` (as root in the container; exported files are the
+# invoking user's, mode 0600).
+secrets_mirror() {
+    local direction=$1 dir
+    dir=$(cd "$2" && pwd)
+    compose run --rm --no-deps -T -e SECRETS_OWNER="$(id -u):$(id -g)" -v "$dir:/mirror" secrets \
+        "secrets-$direction" /mirror
 }
 
 databases() { printf '%s\n' "$(setting POSTGRES_DB mlflow)" "$(setting POSTGRES_AUTH_DB mlflow_auth)"; }

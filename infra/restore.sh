@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Restore a backup made by infra/backup.sh onto this stack (fresh volumes or existing ones):
-# the tracking and auth databases are replaced by the backup's, the backup's artifacts are
-# uploaded to the bucket, then the stack is started and migrated to the current schema.
+# the backup's secrets go back into the secrets volume (a value set in .env still wins), the
+# tracking and auth databases are replaced by the backup's, the backup's artifacts are uploaded
+# to the bucket, then the stack is started and migrated to the current schema.
 #
 #   infra/restore.sh [--yes] BACKUP      (BACKUP: a backup directory or its .tar.gz)
 source "$(dirname "$0")/lib.sh"
@@ -11,7 +12,7 @@ backup=
 while [ $# -gt 0 ]; do
     case $1 in
         -y|--yes) assume_yes=1 ;;
-        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
         -*) die "unknown option '$1' (try --help)" ;;
         *) [ -z "$backup" ] || die "give one backup, not '$backup' and '$1'"; backup=$1 ;;
     esac
@@ -56,6 +57,27 @@ wait_healthy 180 postgres minio
 
 step "Stop the server so nothing writes during the restore"
 compose stop mlflow
+
+if [ -d "$backup/secrets" ]; then
+    step "Restore the secrets"
+    secrets_mirror import "$backup/secrets" || die "restoring the secrets failed (see above); nothing else was changed"
+    if [ "$(setting POSTGRES_HOST postgres)" = postgres ]; then
+        # The bundled server keeps the password its data directory was created with: give the
+        # role the restored one (over the container's trusted local socket, read from the file).
+        compose exec -T postgres sh -c 'psql -v ON_ERROR_STOP=1 --quiet -U "$POSTGRES_USER" -d postgres' <<'SQL' \
+            || die "setting the restored database password failed (see above)"
+\set password `cat "$POSTGRES_PASSWORD_FILE"`
+ALTER ROLE CURRENT_USER PASSWORD :'password';
+SQL
+        info "database role password set to the restored one"
+    fi
+    # MinIO reads its root credentials at start only; the bucket is recreated if the store lost it.
+    compose restart minio
+    wait_healthy 180 minio
+    compose run --rm --no-deps -T storage-init >/dev/null || die "storage-init failed after restoring the S3 keys"
+else
+    step "Keep the current secrets (a backup made before secrets were backed up)"
+fi
 
 step "Restore the databases"
 for db in $(databases); do

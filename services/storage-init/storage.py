@@ -7,6 +7,8 @@
 Configuration comes from the environment only (the compose file passes it):
 S3_ENDPOINT_URL, S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET, S3_REGION (optional),
 S3_MULTIPART_ABORT_DAYS (default 7), S3_WAIT_SECONDS (how long to wait for the endpoint, default 60).
+S3_ACCESS_KEY_FILE / S3_SECRET_KEY_FILE name a file holding the key instead (the stack's secrets
+volume, so the keys stay out of `docker inspect`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from minio.error import S3Error
 from minio.lifecycleconfig import AbortIncompleteMultipartUpload, LifecycleConfig, Rule
 from minio.versioningconfig import VersioningConfig
 
+SECRET_NAMES = ("S3_ACCESS_KEY", "S3_SECRET_KEY")
 ABORT_MULTIPART_RULE_ID = "cvops-abort-incomplete-multipart-uploads"
 TRANSFER_THREADS = 8
 # Codes an S3 implementation answers for an API it does not have (moto, some gateways).
@@ -52,6 +55,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> "Settings":
+        env = {**env, **{name: _read_secret_file(env, name) for name in SECRET_NAMES if env.get(f"{name}_FILE")}}
         missing = [name for name in ("S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_BUCKET")
                    if not env.get(name)]
         if missing:
@@ -74,6 +78,16 @@ class Settings:
                 "(no path: the bucket is S3_BUCKET)")
         return Minio(url.netloc, access_key=self.access_key, secret_key=self.secret_key,
                      secure=url.scheme == "https", region=self.region)
+
+
+def _read_secret_file(env: dict[str, str], name: str) -> str:
+    path = env[f"{name}_FILE"]
+    if env.get(name):
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}_FILE={path!r} cannot be read ({exc.strerror}); is the secrets volume mounted?") from exc
 
 
 def _positive_int(env: dict[str, str], name: str, default: int) -> int:

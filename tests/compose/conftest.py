@@ -4,7 +4,10 @@ Images come from the stand-ins built by ../shared/docker-offline/setup.sh (no re
 reachable here): offline/postgres:15 for postgres:16, offline/s3:latest (moto's S3 server) for
 MinIO, offline/python:3.11-slim as BASE_IMAGE of the two images we build. Override any of them
 with the same variable names (POSTGRES_IMAGE, S3_IMAGE, BASE_IMAGE) to run against the official
-images. Every other setting comes from .env.example, secrets are generated per run.
+images, and name the images built here with MLFLOW_IMAGE / STORAGE_INIT_IMAGE. Every other setting
+comes from .env.example. `compose_stack` sets every secret in the environment (an operator's
+overrides); `ComposeStack(..., set_secrets=False)` is a fresh checkout's `up -d`, whose secrets the
+stack generates itself.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ BUILT_IMAGES = {
     "STORAGE_INIT_IMAGE": "cvops-compose-test/storage-init:local",
 }
 LONG_RUNNING = ("postgres", "minio", "mlflow")
-ONE_SHOT = ("storage-init", "migrate")
+ONE_SHOT = ("secrets", "storage-init", "migrate")
+SECRET_SETTINGS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "MLFLOW_ADMIN_PASSWORD",
+                   "MLFLOW_FLASK_SERVER_SECRET_KEY")
 HEALTHY_TIMEOUT_S = 300
 # Settings the host shell may carry that must not leak into the test project.
 LEAKY_PREFIXES = ("MLFLOW_", "AWS_", "POSTGRES_", "S3_", "GUNICORN_", "COMPOSE", "PROXY_", "CVOPS_")
@@ -60,28 +65,35 @@ def _env_example() -> dict[str, str]:
 class ComposeStack:
     """One compose project of the repository's docker-compose.yml."""
 
-    def __init__(self, compose: list[str], work_dir: Path):
+    def __init__(self, compose: list[str], work_dir: Path, set_secrets: bool = True):
         self.project = f"cvops-test-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.admin_username = "admin"
-        self.admin_password = secrets.token_hex(16)
+        # Without set secrets the stack generates them: read it from the server once it is up.
+        self.admin_password = secrets.token_hex(16) if set_secrets else None
         self.work_dir = work_dir
         self.settings = {
             **_env_example(),
             **STAND_IN_IMAGES,
             **BUILT_IMAGES,
-            **{k: os.environ[k] for k in STAND_IN_IMAGES if os.environ.get(k)},
+            **{k: os.environ[k] for k in (*STAND_IN_IMAGES, *BUILT_IMAGES) if os.environ.get(k)},
             "COMPOSE_PROJECT_NAME": self.project,
             "COMPOSE": " ".join(compose),
             "MLFLOW_HOST_PORT": str(self.port),
             "MLFLOW_ADMIN_USERNAME": self.admin_username,
-            "POSTGRES_PASSWORD": secrets.token_hex(16),
-            "S3_ACCESS_KEY": "cvops" + secrets.token_hex(4),
-            "S3_SECRET_KEY": secrets.token_hex(16),
-            "MLFLOW_ADMIN_PASSWORD": self.admin_password,
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
             "BACKUP_DIR": str(work_dir / "backups"),
         }
+        if set_secrets:
+            self.settings.update({
+                "POSTGRES_PASSWORD": secrets.token_hex(16),
+                "S3_ACCESS_KEY": "cvops" + secrets.token_hex(4),
+                "S3_SECRET_KEY": secrets.token_hex(16),
+                "MLFLOW_ADMIN_PASSWORD": self.admin_password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+            })
+        else:
+            for name in SECRET_SETTINGS:
+                self.settings.pop(name, None)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(LEAKY_PREFIXES)}
         self.env.update(self.settings)
         self.compose_cmd = compose
@@ -142,6 +154,14 @@ class ComposeStack:
             raise AssertionError(f"`up -d` exited {result.returncode}:\n{result.stderr[-3000:]}\n{self.logs()}")
         self.wait_healthy()
         return time.monotonic() - start
+
+    def stored_secrets(self) -> dict[str, str]:
+        """What the secrets volume holds, as the server container reads it."""
+        return {name: self.compose("exec", "-T", "mlflow", "cat", f"/run/secrets/{name.lower()}").stdout
+                for name in SECRET_SETTINGS}
+
+    def printed_admin_password(self) -> subprocess.CompletedProcess:
+        return self.compose("exec", "-T", "mlflow", "cvops-admin-password", check=False)
 
     def logs(self, *services: str) -> str:
         return self.compose("logs", "--no-color", "--tail", "80", *services, check=False).stdout[-8000:]
