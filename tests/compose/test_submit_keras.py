@@ -35,7 +35,8 @@ def shapes():
         yield data
 
 
-def test_submit_keras_example_tracks_a_finished_run(keras_image, shapes, submitter, mlflow_client, tmp_path):
+def test_submit_keras_example_tracks_a_finished_run(keras_image, shapes, submitter, mlflow_client, compose_stack,
+                                                    tmp_path):
     suffix = uuid.uuid4().hex[:6]
     model_name = f"shapes-keras-{suffix}"
     spec = yaml.safe_load((EXAMPLES / "keras" / "job.yaml").read_text())
@@ -69,8 +70,12 @@ def test_submit_keras_example_tracks_a_finished_run(keras_image, shapes, submitt
     assert len(batch_steps) > 10 and batch_steps == sorted(batch_steps)
     assert run.data.metrics["eval/AP50"] > 50  # a trained detector, not chance
 
+    # The run is the submitting login's, not the container's OS user ("trainer").
+    assert run.info.user_id == run.data.tags["mlflow.user"] == compose_stack.admin_username
+
     artifacts = {a.path for a in mlflow_client.list_artifacts(run_id)}
-    assert {"model", "evaluation"} <= artifacts, artifacts
+    # The logged model is MLflow 3's LoggedModel (registered below), not a folder of run artifacts.
+    assert {"model_summary.txt", "evaluation"} <= artifacts, artifacts
     assert "evaluation/per_class_ap.json" in {a.path for a in mlflow_client.list_artifacts(run_id, "evaluation")}
 
     versions = mlflow_client.search_model_versions(f"name = '{model_name}'")
