@@ -13,7 +13,6 @@ the ones docs/onboarding.md shows, so the documentation is what this test saw.
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import uuid

@@ -16,25 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.shell_blocks import REPO_ROOT, shell_blocks
+
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ELSEWHERE = ("docker ", "kubectl ", "cvops submit", "bash tests/run.sh")  # the compose tier / CI run these
 PLACEHOLDER_URL = re.compile(r"https?://mlflow\.(?:example\.com|team\.example)(?::\d+)?")
 PLACEHOLDER_PASSWORD = re.compile(r"(MLFLOW_TRACKING_PASSWORD=)(?:'the password you were given'|\.\.\.|…)")
-
-
-def shell_blocks(document: str) -> list[list[str]]:
-    blocks, current = [], None
-    for line in (REPO_ROOT / document).read_text().splitlines():
-        if current is None and re.match(r"^```(sh|bash|shell)\s*$", line):
-            current = []
-        elif current is not None and line.startswith("```"):
-            blocks.append(current)
-            current = None
-        elif current is not None:
-            current.append(line)
-    return blocks
 
 
 def runnable_here(blocks: list[list[str]]) -> str:
