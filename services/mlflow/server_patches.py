@@ -100,7 +100,7 @@ PRETEND_VERSION_VARIABLE = "CVOPS_PRETEND_MLFLOW_VERSION"
 ALL, OFF = "all", "off"
 _TRUE = ("1", "true", "yes", "on")
 # Looked up only where the server runs the basic-auth app: importing it elsewhere would load it.
-_AUTH_MODULE = "mlflow.server.auth"
+AUTH_MODULE = "mlflow.server.auth"
 
 MLFLOW_VERIFIED = {"mlflow": ("3.17.2",)}
 
@@ -220,13 +220,13 @@ def apply(stage: str = "worker") -> None:
     if stage in _applied_stages:
         return
     _applied_stages.add(stage)
-    auth = sys.modules.get(_AUTH_MODULE)
+    auth = sys.modules.get(AUTH_MODULE)
     for patch in plan().enabled:
         if patch.stage != stage or (patch.needs_auth and auth is None):
             continue
         try:
             for name in patch.touches:
-                if auth is not None or not name.startswith(_AUTH_MODULE + ":"):
+                if auth is not None or not name.startswith(AUTH_MODULE + ":"):
                     resolve(name)
             patch.install(auth)
         except (ImportError, AttributeError, PatchNotApplicable) as error:
@@ -472,18 +472,18 @@ PATCHES = (
                        "_validate_batch_log_data", "_validate_batch_log_limits", "_validate_metric",
                        "_validate_run_id")))),
     Patch("auth_cached_caller", _install_auth_cached_caller, needs_auth=True,
-          touches=tuple(f"{_AUTH_MODULE}:{name}" for name in (
+          touches=tuple(f"{AUTH_MODULE}:{name}" for name in (
               "store.get_user", "_USER_AUTH_CACHE", "_USER_AUTH_CACHE_LOCK", "_auth_cache_key"))),
     Patch("model_link_redaction_skip", _install_model_link_redaction_skip, needs_auth=True,
-          touches=tuple(f"{_AUTH_MODULE}:{name}" for name in (
+          touches=tuple(f"{AUTH_MODULE}:{name}" for name in (
               "AFTER_REQUEST_HANDLERS", "redact_get_run_model_links", "redact_search_runs_model_links"))),
     Patch("compact_json", _install_compact_json,
-          touches=("mlflow.server.handlers:message_to_json", f"{_AUTH_MODULE}:message_to_json")),
+          touches=("mlflow.server.handlers:message_to_json", f"{AUTH_MODULE}:message_to_json")),
     Patch("ping_on_demand", _install_ping_on_demand, verified={"sqlalchemy": ("2.1.9",)},
           touches=("sqlalchemy.dialects.postgresql.psycopg2:PGDialect_psycopg2.do_ping",)),
     Patch("readiness_probe", _install_readiness_probe,
           touches=("mlflow.server:app", "mlflow.server:_add_static_prefix",
-                   f"{_AUTH_MODULE}:_UNPROTECTED_PATH_PREFIXES", f"{_AUTH_MODULE}:auth_config.database_uri")),
+                   f"{AUTH_MODULE}:_UNPROTECTED_PATH_PREFIXES", f"{AUTH_MODULE}:auth_config.database_uri")),
     # The local-storage keys it seeds are read from MLflow's UI bundle (ui_defaults.py).
     Patch("ui_defaults", _install_ui_defaults,
           touches=("mlflow.server:app", "mlflow.telemetry.utils:is_telemetry_disabled")),

@@ -196,7 +196,7 @@ def patch_report() -> None:
     auth does, so that the auth patches' names are looked up too."""
     import server_patches
 
-    importlib.import_module(server_patches._AUTH_MODULE)
+    importlib.import_module(server_patches.AUTH_MODULE)
     for patch in server_patches.PATCHES:
         missing = []
         for name in patch.touches:
