@@ -4,15 +4,14 @@
 Sizing and the reasons behind each value: docs/server.md.
 """
 
-import functools
 import gc
 import os
 import sys
 
-from gunicorn.http import body
-
 # server_patches.py sits beside this file; gunicorn does not put the config's folder on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import server_patches  # noqa: E402 (needs the path above)
 
 
 def _setting(name: str, default: str) -> str:
@@ -42,31 +41,14 @@ accesslog = _setting("GUNICORN_ACCESS_LOG", "") or None
 errorlog = "-"
 loglevel = _setting("GUNICORN_LOG_LEVEL", "info")
 
-# gunicorn's Body.read pulls a request body off its reader 1 KiB at a time (benoitc/gunicorn#2596,
-# unfixed in 26.2.0): a 1 GiB checkpoint upload is a million Python-level reads and copies, 5.4 s
-# of the worker's CPU, which on a small host is taken from S3 and the client. Body keeps whatever a
-# read returns beyond what it asked for, so the two request-body readers are asked for at least
-# 64 KiB: 3.5 s per GiB (docs/performance.md, row 4).
-REQUEST_BODY_READ_BYTES = 64 * 1024
-
-
-def _at_least(minimum, read):
-    @functools.wraps(read)
-    def read_at_least(self, size):
-        return read(self, max(size, minimum))
-
-    return read_at_least
-
-
-for _reader in (body.LengthReader, body.ChunkedReader):
-    _reader.read = _at_least(REQUEST_BODY_READ_BYTES, _reader.read)
+# The request-body reads (server_patches.py, patch request_body_reads) go in here, in gunicorn's
+# master, so that every worker it forks reads bodies in 64 KiB blocks.
+server_patches.apply("gunicorn")
 
 
 def post_worker_init(worker):
-    # The app is loaded in each worker (no preload), so the patch goes in after loading it.
-    import server_patches
-
-    server_patches.apply()
+    # The app is loaded in each worker (no preload), so the patches go in after loading it.
+    server_patches.apply("worker")
     # Move the ~340 000 objects of the loaded app out of the garbage collector's view: otherwise
     # every full collection walks them all, which responses that allocate many objects (a page of
     # runs) trigger. search_runs of 10 typical runs: p95 219 -> 33 ms (docs/performance.md).

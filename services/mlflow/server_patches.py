@@ -1,4 +1,13 @@
-"""Server-side behaviour cvops changes in MLflow 3.17.2 (applied in every gunicorn worker).
+"""Server-side behaviour cvops changes in MLflow: the registry of patches, and each patch's reasons.
+
+Every patch reaches into names MLflow (or gunicorn, SQLAlchemy) does not promise to keep, so each
+declares the names it touches and the versions it was verified on (PATCHES below). The server
+applies a patch only on a verified version: on another one it starts with that patch off and logs
+one line saying which and why (MLflow's stock code path serves instead). The patches that keep the
+server safe (``required``: without them clients are handed what they cannot use, or can claim to
+be someone else) refuse to start on an unverified version unless CVOPS_ALLOW_UNVERIFIED_MLFLOW=1,
+which tries them anyway. CVOPS_SERVER_PATCHES=all (default) | off | a comma list chooses
+explicitly. docs/server.md, "Server patches" and "Upgrading MLflow".
 
 Proxied artifacts only. With an S3 destination MLflow's /server-info advertises multipart
 transfers, and clients then fetch *presigned S3 URLs* for every download and for large uploads.
@@ -62,39 +71,190 @@ one or two PostgreSQL statements: tracking_store.py.
 """
 
 import functools
-import posixpath
+import importlib
+import logging
+import os
 import select
 import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Callable
 
-from botocore.exceptions import ClientError
-from mlflow import exceptions
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-from mlflow.server import handlers
-from mlflow.store.artifact.artifact_repo import StreamUploadMixin
-from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
-from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-from mlflow.utils.server_info import (
-    SERVER_INFO_MULTIPART_DOWNLOADS_ENABLED,
-    SERVER_INFO_MULTIPART_UPLOADS_ENABLED,
-)
-from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+# Nothing from MLflow is imported up here: this module is imported on whatever MLflow is installed
+# (by server_setup.py before the server starts, by gunicorn.conf.py), and a name MLflow moved must
+# turn its patch off, not stop the import. Each install function imports what it uses.
 
-# handlers' capability checks -> the exception each raises when a repository lacks the capability.
+# gunicorn's own logger: what it writes reaches the server log at the configured level.
+_logger = logging.getLogger("gunicorn.error")
+
+SELECTION_VARIABLE = "CVOPS_SERVER_PATCHES"
+# The operator's word that the server may start on an MLflow its safety patches were not verified
+# on: those are tried; the optimisations stay off.
+ALLOW_UNVERIFIED_VARIABLE = "CVOPS_ALLOW_UNVERIFIED_MLFLOW"
+# Every selected patch is applied whatever the versions: how infra/check-mlflow-upgrade.sh runs each
+# patch's tests on a candidate MLflow. Never for a server people use.
+TRY_UNVERIFIED_VARIABLE = "CVOPS_TRY_UNVERIFIED_PATCHES"
+# For tests (docs/server.md): the guard treats MLflow as this version as well as the installed one.
+# A patch counts as verified only when both are, so it can turn patches off and never on.
+PRETEND_VERSION_VARIABLE = "CVOPS_PRETEND_MLFLOW_VERSION"
+ALL, OFF = "all", "off"
+_TRUE = ("1", "true", "yes", "on")
+# Looked up only where the server runs the basic-auth app: importing it elsewhere would load it.
+AUTH_MODULE = "mlflow.server.auth"
+
+MLFLOW_VERIFIED = {"mlflow": ("3.17.2",)}
+
+
+@dataclass(frozen=True, eq=False)
+class Patch:
+    name: str
+    install: Callable  # install(auth): auth is MLflow's basic-auth module, None without basic-auth
+    # "module:attribute.path" of every name the patch relies on; all are looked up before it installs.
+    touches: tuple[str, ...]
+    verified: dict = field(default_factory=lambda: MLFLOW_VERIFIED)  # package -> versions
+    # What is lost without the patch, for the patches that keep the server safe; None for the rest.
+    at_stake: str | None = None
+    needs_auth: bool = False
+    stage: str = "worker"  # "worker": each worker after loading the app; "gunicorn": config load
+
+
+class PatchSelectionError(Exception):
+    pass
+
+
+class PatchNotApplicable(Exception):
+    """Raised by an install function that finds MLflow not in the state the patch expects."""
+
+
+@dataclass
+class Plan:
+    enabled: list
+    notes: list  # one line per patch left off, or tried on a version it was not verified on
+
+
+def resolve(name: str):
+    module_name, _, attribute_path = name.partition(":")
+    target = importlib.import_module(module_name)
+    for attribute in attribute_path.split(".") if attribute_path else ():
+        target = getattr(target, attribute)
+    return target
+
+
+def _versions_seen(package: str, environ) -> list[str]:
+    versions = [metadata.version(package)]
+    if package == "mlflow" and environ.get(PRETEND_VERSION_VARIABLE):
+        versions.append(environ[PRETEND_VERSION_VARIABLE])
+    return versions
+
+
+def unverified_because(patch: Patch, environ=os.environ) -> str | None:
+    """None when every package the patch touches is at a version it was verified on, else why not."""
+    for package, verified in patch.verified.items():
+        for version in _versions_seen(package, environ):
+            if version not in verified:
+                return f"verified on {package} {', '.join(verified)}, not on {version}"
+    return None
+
+
+def selected_names(environ=os.environ) -> list[str]:
+    value = (environ.get(SELECTION_VARIABLE) or ALL).strip()
+    if value == ALL:
+        return list(PATCHES_BY_NAME)
+    if value == OFF:
+        return []
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PATCHES_BY_NAME]
+    if unknown or not names:
+        raise PatchSelectionError(
+            f"{SELECTION_VARIABLE}={value!r}: unknown patch {', '.join(map(repr, unknown))}; expected "
+            f"{ALL}, {OFF} or a comma list of: {', '.join(PATCHES_BY_NAME)}")
+    return names
+
+
+def _flag(variable: str, environ) -> bool:
+    return environ.get(variable, "").strip().lower() in _TRUE
+
+
+def plan(environ=os.environ) -> Plan:
+    """Which patches this server applies, and a line for each one it leaves off or tries unverified.
+
+    Raises PatchSelectionError for an unknown name, or when a patch the server's safety rests on
+    is not verified for the installed versions and the operator has not allowed that."""
+    selected = set(selected_names(environ))
+    enabled, notes, refusals = [], [], []
+    for patch in PATCHES:
+        if patch.name not in selected:
+            if patch.at_stake:
+                notes.append(f"WARNING: patch {patch.name} off ({SELECTION_VARIABLE}): without it {patch.at_stake}")
+            continue
+        reason = unverified_because(patch, environ)
+        if _flag(TRY_UNVERIFIED_VARIABLE, environ):
+            override = TRY_UNVERIFIED_VARIABLE
+        elif patch.at_stake and _flag(ALLOW_UNVERIFIED_VARIABLE, environ):
+            override = ALLOW_UNVERIFIED_VARIABLE
+        else:
+            override = None
+        if reason is None:
+            enabled.append(patch)
+        elif override:
+            enabled.append(patch)
+            notes.append(f"WARNING: patch {patch.name} tried unverified ({override}): {reason}")
+        elif patch.at_stake:
+            refusals.append(f"patch {patch.name} is {reason}; without it {patch.at_stake}")
+        else:
+            notes.append(f"patch {patch.name} off: {reason}")
+    if refusals:
+        raise PatchSelectionError(
+            "refusing to start: " + "; ".join(refusals) + ". Check the new version first "
+            "(infra/check-mlflow-upgrade.sh VERSION, docs/server.md \"Upgrading MLflow\"), or set "
+            f"{ALLOW_UNVERIFIED_VARIABLE}=1 to start anyway: these patches are then tried, and left off "
+            "with a warning where MLflow no longer has the names they need")
+    return Plan(enabled, notes)
+
+
+_applied_stages = set()
+
+
+def apply(stage: str = "worker") -> None:
+    """Install this stage's patches of plan() (server_setup.py already logged and checked it)."""
+    if stage in _applied_stages:
+        return
+    _applied_stages.add(stage)
+    auth = sys.modules.get(AUTH_MODULE)
+    for patch in plan().enabled:
+        if patch.stage != stage or (patch.needs_auth and auth is None):
+            continue
+        try:
+            for name in patch.touches:
+                if auth is not None or not name.startswith(AUTH_MODULE + ":"):
+                    resolve(name)
+            patch.install(auth)
+        except (ImportError, AttributeError, PatchNotApplicable) as error:
+            if patch.at_stake and not any(_flag(variable, os.environ) for variable in
+                                          (ALLOW_UNVERIFIED_VARIABLE, TRY_UNVERIFIED_VARIABLE)):
+                raise RuntimeError(f"patch {patch.name} cannot be applied ({error!r}): "
+                                   f"without it {patch.at_stake}") from error
+            _logger.error("patch %s off: this MLflow lacks a name it needs (%r)", patch.name, error)
+
+
+# --------------------------------------------------------------------------- proxied_artifacts
+
+# handlers' capability checks -> the exception (in mlflow.exceptions) each raises when a
+# repository lacks the capability.
 _REFUSED_CAPABILITIES = {
-    "_validate_support_multipart_upload": exceptions._UnsupportedMultipartUploadException,
-    "_validate_support_multipart_download": exceptions._UnsupportedMultipartDownloadException,
-    "_validate_support_presigned_upload": exceptions._UnsupportedPresignedUploadException,
-    "_validate_support_presigned_download": exceptions._UnsupportedPresignedDownloadException,
+    "_validate_support_multipart_upload": "_UnsupportedMultipartUploadException",
+    "_validate_support_multipart_download": "_UnsupportedMultipartDownloadException",
+    "_validate_support_presigned_upload": "_UnsupportedPresignedUploadException",
+    "_validate_support_presigned_download": "_UnsupportedPresignedDownloadException",
 }
+_SERVER_INFO_TRANSFER_KEYS = ("SERVER_INFO_MULTIPART_UPLOADS_ENABLED", "SERVER_INFO_MULTIPART_DOWNLOADS_ENABLED")
 
 
-def _without_presigned_transfers(build_payload):
+def _without_presigned_transfers(build_payload, keys):
     @functools.wraps(build_payload)
     def build():
         payload = build_payload()
-        payload[SERVER_INFO_MULTIPART_UPLOADS_ENABLED] = False
-        payload[SERVER_INFO_MULTIPART_DOWNLOADS_ENABLED] = False
+        payload.update(dict.fromkeys(keys, False))
         return payload
 
     return build
@@ -107,59 +267,27 @@ def _refuse(exception_class):
     return validate
 
 
-class _UploadFromStream:
-    """Looks like a boto3 client to S3ArtifactRepository._upload_file, uploads from a stream.
+def _install_proxied_artifacts(_auth):
+    from mlflow import exceptions
+    from mlflow.server import handlers
+    from mlflow.utils import server_info
 
-    Going through _upload_file keeps MLflow's upload policy (content type from the file name,
-    bucket-owner parameters, MLFLOW_S3_UPLOAD_EXTRA_ARGS) in one place.
-    """
-
-    def __init__(self, s3_client, stream):
-        self._s3_client = s3_client
-        self._stream = stream
-
-    def upload_file(self, Filename, Bucket, Key, ExtraArgs):  # noqa: N803 (boto3's names)
-        self._s3_client.upload_fileobj(self._stream, Bucket, Key, ExtraArgs=ExtraArgs)
+    for check, exception_name in _REFUSED_CAPABILITIES.items():
+        setattr(handlers, check, _refuse(getattr(exceptions, exception_name)))
+    keys = [getattr(server_info, key) for key in _SERVER_INFO_TRANSFER_KEYS]
+    handlers.build_server_info_payload = _without_presigned_transfers(handlers.build_server_info_payload, keys)
 
 
-# S3's "no such object": NoSuchKey from a GET, a bare 404 from a HEAD (which boto3's download_file
-# sends first; HEAD answers carry no error body).
-_S3_NOT_FOUND_CODES = {"NoSuchKey", "404"}
+# --------------------------------------------------------------------------- s3_artifact_repository
+
+def _install_s3_artifact_repository(_auth):
+    import s3_artifacts
+    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+
+    _artifact_repository_registry.register("s3", s3_artifacts.ProxiedS3ArtifactRepository)
 
 
-class ArtifactNotFound(exceptions.MlflowException):
-    def __init__(self, path):
-        super().__init__(f"No artifact at '{path}'", error_code=RESOURCE_DOES_NOT_EXIST)
-
-
-class ProxiedS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
-    def download_artifacts(self, artifact_path, dst_path=None):
-        try:
-            return super().download_artifacts(artifact_path, dst_path)
-        except exceptions.MlflowException as error:
-            # MLflow's message lists every failed file under the bucket's URI.
-            if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-                raise
-        raise ArtifactNotFound(artifact_path)
-
-    def _download_file(self, remote_file_path, local_path):
-        try:
-            super()._download_file(remote_file_path, local_path)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in _S3_NOT_FOUND_CODES:
-                raise ArtifactNotFound(remote_file_path) from None
-            raise
-
-    def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
-        bucket, key = self.parse_s3_compliant_uri(self.artifact_uri)
-        key = posixpath.join(key, artifact_path or "", posixpath.basename(artifact_file_name))
-        self._upload_file(s3_client=_UploadFromStream(self._get_s3_client(), stream),
-                          local_file=artifact_file_name, bucket=bucket, key=key)
-
-    async def log_artifact_from_async_stream(self, chunks, artifact_file_name, artifact_path=None):
-        # Only MLflow's FastAPI (uvicorn) artifact router calls this; cvops serves the Flask app.
-        raise NotImplementedError("cvops serves MLflow's Flask app under gunicorn")
-
+# --------------------------------------------------------------------------- compact_json, ping_on_demand, auth
 
 def _compact(message_to_json):
     @functools.wraps(message_to_json)
@@ -222,38 +350,144 @@ def _redact_only_with_model_links(redact):
     return redact_if_linked
 
 
-def apply():
-    if getattr(handlers, "_cvops_patched", False):
-        return
-    import readiness
+
+def _install_compact_json(auth):
+    from mlflow.server import handlers
+
+    for module in (handlers, auth):  # each imported message_to_json by name
+        if module is not None:
+            module.message_to_json = _compact(module.message_to_json)
+
+
+def _install_ping_on_demand(_auth):
+    # Every engine of this process (tracking, registry, auth) uses this dialect class.
+    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+
+    PGDialect_psycopg2.do_ping = _ping_only_if_spoken_to(PGDialect_psycopg2.do_ping)
+
+
+def _install_auth_cached_caller(auth):
+    auth.store.get_user = _caller_from_the_auth_cache(auth)
+
+
+def _install_model_link_redaction_skip(auth):
+    run_redactions = {auth.redact_get_run_model_links, auth.redact_search_runs_model_links}
+    handlers_by_route = auth.AFTER_REQUEST_HANDLERS
+    for route in [route for route, handler in handlers_by_route.items() if handler in run_redactions]:
+        handlers_by_route[route] = _redact_only_with_model_links(handlers_by_route[route])
+
+
+# --------------------------------------------------------------------------- the modules beside this one
+
+def _install_run_attribution(_auth):
     import run_attribution
-    import tracking_store
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    run_attribution.install(SqlAlchemyStore)
+
+
+def _install_readiness_probe(auth):
+    import readiness
+    from mlflow.server import app
+
+    readiness.install(app, auth)
+
+
+def _install_ui_defaults(_auth):
     import ui_defaults
     from mlflow.server import app
 
     ui_defaults.install(app)
-    # Every engine of this process (tracking, registry, auth) uses this dialect class.
-    PGDialect_psycopg2.do_ping = _ping_only_if_spoken_to(PGDialect_psycopg2.do_ping)
-    # Loaded by gunicorn only when the server runs the basic-auth app (MLFLOW_AUTH=on).
-    auth = sys.modules.get("mlflow.server.auth")
-    readiness.install(app, auth)
-    if auth is not None:
-        run_attribution.install(SqlAlchemyStore)
-        auth.store.get_user = _caller_from_the_auth_cache(auth)
-        run_redactions = {auth.redact_get_run_model_links, auth.redact_search_runs_model_links}
-        handlers_by_route = auth.AFTER_REQUEST_HANDLERS
-        for route in [route for route, handler in handlers_by_route.items() if handler in run_redactions]:
-            handlers_by_route[route] = _redact_only_with_model_links(handlers_by_route[route])
-    for module in (handlers, auth):  # each imported message_to_json by name
-        if module is not None:
-            module.message_to_json = _compact(module.message_to_json)
-    for name, exception_class in _REFUSED_CAPABILITIES.items():
-        if not hasattr(handlers, name):  # fail loudly if an MLflow upgrade renamed a check
-            raise RuntimeError(f"mlflow.server.handlers.{name} is gone: review server_patches.py")
-        setattr(handlers, name, _refuse(exception_class))
-    handlers.build_server_info_payload = _without_presigned_transfers(handlers.build_server_info_payload)
-    _artifact_repository_registry.register("s3", ProxiedS3ArtifactRepository)
+
+
+def _install_tracking_store(_auth):
+    import tracking_store
+    from mlflow.server import handlers
+
     if handlers._tracking_store is not None:  # built while loading the app: the builder would not apply
-        raise RuntimeError("MLflow built its tracking store before server_patches.apply(): review it")
+        raise PatchNotApplicable("MLflow built its tracking store before server_patches.apply()")
     handlers._tracking_store_registry.register("postgresql", tracking_store.build)
-    handlers._cvops_patched = True
+
+
+# --------------------------------------------------------------------------- request_body_reads
+
+# gunicorn's Body.read pulls a request body off its reader 1 KiB at a time (benoitc/gunicorn#2596,
+# unfixed in 26.2.0): a 1 GiB checkpoint upload is a million Python-level reads and copies, 5.4 s
+# of the worker's CPU, which on a small host is taken from S3 and the client. Body keeps whatever a
+# read returns beyond what it asked for, so the two request-body readers are asked for at least
+# 64 KiB: 3.5 s per GiB (docs/performance.md, row 4).
+REQUEST_BODY_READ_BYTES = 64 * 1024
+
+
+def _at_least(minimum, read):
+    @functools.wraps(read)
+    def read_at_least(self, size):
+        return read(self, max(size, minimum))
+
+    return read_at_least
+
+
+def _install_request_body_reads(_auth):
+    from gunicorn.http import body
+
+    for reader in (body.LengthReader, body.ChunkedReader):
+        reader.read = _at_least(REQUEST_BODY_READ_BYTES, reader.read)
+
+
+# --------------------------------------------------------------------------- the registry
+
+_SQL_STORE = "mlflow.store.tracking.sqlalchemy_store:"
+PATCHES = (
+    Patch("proxied_artifacts", _install_proxied_artifacts,
+          touches=(*(f"mlflow.server.handlers:{check}" for check in _REFUSED_CAPABILITIES),
+                   *(f"mlflow.exceptions:{name}" for name in _REFUSED_CAPABILITIES.values()),
+                   "mlflow.server.handlers:build_server_info_payload",
+                   *(f"mlflow.utils.server_info:{key}" for key in _SERVER_INFO_TRANSFER_KEYS)),
+          at_stake="the server advertises multipart transfers and hands clients presigned S3 URLs naming the "
+                   "S3 endpoint as the server sees it, which machines outside its network cannot reach "
+                   "(downloads hang, then fail)"),
+    Patch("run_attribution", _install_run_attribution, needs_auth=True,
+          touches=tuple(f"{_SQL_STORE}SqlAlchemyStore.{method}"
+                        for method in ("create_run", "set_tag", "delete_tag", "log_batch")),
+          at_stake="a run's user is whatever the client claims (the OS user, 'trainer' in every job "
+                   "container), so anyone logged in can create runs in a teammate's name"),
+    Patch("s3_artifact_repository", _install_s3_artifact_repository,
+          touches=("mlflow.store.artifact.artifact_repository_registry:_artifact_repository_registry.register",
+                   "mlflow.store.artifact.artifact_repo:StreamUploadMixin",
+                   *(f"mlflow.store.artifact.s3_artifact_repo:S3ArtifactRepository.{method}" for method in
+                     ("_upload_file", "_download_file", "_get_s3_client", "parse_s3_compliant_uri",
+                      "download_artifacts")))),
+    Patch("tracking_store", _install_tracking_store,
+          touches=("mlflow.server.handlers:_tracking_store_registry.register",
+                   "mlflow.server.handlers:_tracking_store",
+                   "mlflow.server.handlers:TrackingStoreRegistryWrapper._get_sqlalchemy_store",
+                   *(f"{_SQL_STORE}{name}" for name in (
+                       "_get_orderby_clauses", "_get_sqlalchemy_filter_clauses", "_parse_experiment_ids",
+                       "SqlAlchemyStore._search_runs", "SqlAlchemyStore._log_metrics",
+                       "SqlAlchemyStore._log_metrics_once", "SqlAlchemyStore._filter_experiment_ids",
+                       "SqlAlchemyStore._validate_max_results_param", "SqlAlchemyStore._check_run_is_active",
+                       "SqlAlchemyStore._get_run", "SqlAlchemyStore.sanitize_metric_value")),
+                   "mlflow.utils.mlflow_tags:_get_run_name_from_tags",
+                   *(f"mlflow.utils.validation:{name}" for name in (
+                       "_validate_batch_log_data", "_validate_batch_log_limits", "_validate_metric",
+                       "_validate_run_id")))),
+    Patch("auth_cached_caller", _install_auth_cached_caller, needs_auth=True,
+          touches=tuple(f"{AUTH_MODULE}:{name}" for name in (
+              "store.get_user", "_USER_AUTH_CACHE", "_USER_AUTH_CACHE_LOCK", "_auth_cache_key"))),
+    Patch("model_link_redaction_skip", _install_model_link_redaction_skip, needs_auth=True,
+          touches=tuple(f"{AUTH_MODULE}:{name}" for name in (
+              "AFTER_REQUEST_HANDLERS", "redact_get_run_model_links", "redact_search_runs_model_links"))),
+    Patch("compact_json", _install_compact_json,
+          touches=("mlflow.server.handlers:message_to_json", f"{AUTH_MODULE}:message_to_json")),
+    Patch("ping_on_demand", _install_ping_on_demand, verified={"sqlalchemy": ("2.1.9",)},
+          touches=("sqlalchemy.dialects.postgresql.psycopg2:PGDialect_psycopg2.do_ping",)),
+    Patch("readiness_probe", _install_readiness_probe,
+          touches=("mlflow.server:app", "mlflow.server:_add_static_prefix",
+                   f"{AUTH_MODULE}:_UNPROTECTED_PATH_PREFIXES", f"{AUTH_MODULE}:auth_config.database_uri")),
+    # The local-storage keys it seeds are read from MLflow's UI bundle (ui_defaults.py).
+    Patch("ui_defaults", _install_ui_defaults,
+          touches=("mlflow.server:app", "mlflow.telemetry.utils:is_telemetry_disabled")),
+    Patch("request_body_reads", _install_request_body_reads, verified={"gunicorn": ("26.2.0",)}, stage="gunicorn",
+          touches=("gunicorn.http.body:LengthReader.read", "gunicorn.http.body:ChunkedReader.read")),
+)
+PATCHES_BY_NAME = {patch.name: patch for patch in PATCHES}

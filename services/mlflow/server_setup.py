@@ -3,8 +3,10 @@
     server_setup.py render-auth-config TEMPLATE OUTPUT
     server_setup.py migrate tracking [auth]   (databases named by MLFLOW_BACKEND_STORE_URI, MLFLOW_AUTH_DATABASE_URI)
     server_setup.py mlflow-server ARGS…       (what `mlflow server ARGS…` does, security settings first)
+    server_setup.py patch-report              (each server patch: verified here? its names present?)
 """
 
+import importlib
 import os
 import string
 import sys
@@ -166,12 +168,18 @@ def run_mlflow_server(*args: str) -> None:
     An operator who sets MLFLOW_SERVER_ALLOWED_HOSTS gets exactly that list (e.g. to refuse
     private addresses).
     """
+    import server_patches
     import ui_defaults
 
     try:  # checked here, before gunicorn, so a typo stops the server with one line instead of crashing workers
         ui_defaults.default_workflow()
-    except ValueError as error:
+        patches = server_patches.plan()
+    except (ValueError, server_patches.PatchSelectionError) as error:
         fail(str(error))
+    # Said once here; each worker applies the same plan (same environment, same packages).
+    for note in patches.notes:
+        say(note)
+    say(f"server patches: {', '.join(patch.name for patch in patches.enabled) or 'none'}")
     if not os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
         os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts(os.environ.get("MLFLOW_ALLOWED_HOSTS", ""))
     if os.environ.get("MLFLOW_CORS_ALLOWED_ORIGINS"):
@@ -181,10 +189,32 @@ def run_mlflow_server(*args: str) -> None:
     cli.main(args=["server", *args], prog_name="mlflow")
 
 
+def patch_report() -> None:
+    """One line per patch: name, required?, verified for the installed versions, names missing.
+
+    What infra/check-mlflow-upgrade.sh reads; it loads the basic-auth module like a server with
+    auth does, so that the auth patches' names are looked up too."""
+    import server_patches
+
+    importlib.import_module(server_patches.AUTH_MODULE)
+    for patch in server_patches.PATCHES:
+        missing = []
+        for name in patch.touches:
+            try:
+                server_patches.resolve(name)
+            except (ImportError, AttributeError):
+                missing.append(name)
+        reason = server_patches.unverified_because(patch)
+        print("\t".join((patch.name, "required" if patch.at_stake else "optional",
+                         "verified" if reason is None else f"unverified ({reason})",
+                         ", ".join(missing) or "-")))
+
+
 COMMANDS = {
     "render-auth-config": render_auth_config,
     "migrate": migrate,
     "mlflow-server": run_mlflow_server,
+    "patch-report": patch_report,
 }
 
 if __name__ == "__main__":

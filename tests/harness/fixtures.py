@@ -10,6 +10,9 @@
   (gunicorn, basic-auth, proxied artifacts into the S3 bucket).
 * ``tracking_server_factory``: a new private server (own port, own databases, same PostgreSQL and
   S3) with ``stop()``/``start()``, for tests that kill or reconfigure the server.
+* Tests marked ``patches_on_and_off`` that use ``tracking_server`` run twice: against the server
+  with its patches (services/mlflow/server_patches.py) and against one started with
+  ``CVOPS_SERVER_PATCHES=off`` (MLflow's own code paths), which shows each patch changes only speed.
 * ``tracking_env``: points MLFLOW_TRACKING_URI/USERNAME/PASSWORD at the session server's admin.
 
 Fixtures skip with the reason when PostgreSQL binaries or moto_server are missing.
@@ -398,9 +401,30 @@ def tracking_server_factory(postgres, s3, _harness_root):
         server.stop()
 
 
+PATCHES_ON, PATCHES_OFF = "patches-on", "patches-off"
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("patches_on_and_off") and "tracking_server" in metafunc.fixturenames:
+        metafunc.parametrize("tracking_server", [PATCHES_ON, PATCHES_OFF], indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def tracking_server(tracking_server_factory) -> TrackingServer:
-    return tracking_server_factory()
+def _tracking_servers(tracking_server_factory):
+    """The session's shared server per patch mode, started when first asked for."""
+    servers: dict[str, TrackingServer] = {}
+
+    def server(mode: str) -> TrackingServer:
+        if mode not in servers:
+            servers[mode] = tracking_server_factory(**({"CVOPS_SERVER_PATCHES": "off"} if mode == PATCHES_OFF else {}))
+        return servers[mode]
+
+    return server
+
+
+@pytest.fixture(scope="session")
+def tracking_server(request, _tracking_servers) -> TrackingServer:
+    return _tracking_servers(getattr(request, "param", PATCHES_ON))
 
 
 # What a client must NOT need: the server alone talks to S3.

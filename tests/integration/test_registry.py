@@ -12,7 +12,8 @@ from cvops import registry
 from cvops.registry import Gate
 from tests.integration.sdk_env import use_sdk_env
 
-pytestmark = pytest.mark.integration
+# Also against MLflow's own code paths (CVOPS_SERVER_PATCHES=off): the patches change only speed.
+pytestmark = [pytest.mark.integration, pytest.mark.patches_on_and_off]
 
 GATES = [Gate("bbox/AP", higher_is_better=True, min_value=30.0),
          Gate("latency_p95_ms", higher_is_better=False, max_value=50.0)]

@@ -6,7 +6,8 @@ import uuid
 import pytest
 import requests
 
-pytestmark = pytest.mark.integration
+# Also against MLflow's own code paths (CVOPS_SERVER_PATCHES=off): the patches change only speed.
+pytestmark = [pytest.mark.integration, pytest.mark.patches_on_and_off]
 
 API = "/api/2.0/mlflow"
 

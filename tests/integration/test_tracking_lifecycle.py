@@ -19,7 +19,8 @@ import cvops
 from cvops.tracking.system import start_system_metrics
 from tests.integration.sdk_env import use_sdk_env
 
-pytestmark = pytest.mark.integration
+# Also against MLflow's own code paths (CVOPS_SERVER_PATCHES=off): the patches change only speed.
+pytestmark = [pytest.mark.integration, pytest.mark.patches_on_and_off]
 
 SCHEMA_TAGS = ("task", "framework", "backbone", "dataset", "env", "team", "git_commit", "image", "hardware")
 
