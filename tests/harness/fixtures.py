@@ -330,6 +330,14 @@ class TrackingServer:
         if response.status_code != 200:
             raise RuntimeError(f"creating user {name!r} failed: {response.status_code} {response.text}")
 
+    def create_users(self, *roles: str) -> dict[str, tuple[str, str]]:
+        """``{role: (username, password)}``: a new plain user per role, unique to this call."""
+        suffix = secrets.token_hex(3)
+        accounts = {role: (f"{role}-{suffix}", f"{role}-pw-{secrets.token_hex(16)}") for role in roles}
+        for username, password in accounts.values():
+            self.create_user(username, password)
+        return accounts
+
     def create_run(self, experiment_name: str, *, as_user: tuple[str, str] | None = None,
                    **run_fields) -> tuple[str, str]:
         """A new experiment and a run in it, created over the REST API; returns their ids.

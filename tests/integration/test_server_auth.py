@@ -14,11 +14,7 @@ API = "/api/2.0/mlflow"
 
 @pytest.fixture(scope="module")
 def users(tracking_server):
-    suffix = uuid.uuid4().hex[:6]
-    accounts = {name: (f"{name}-{suffix}", f"{name}-pw-{uuid.uuid4().hex}") for name in ("owner", "other")}
-    for username, password in accounts.values():
-        tracking_server.create_user(username, password)
-    return accounts
+    return tracking_server.create_users("owner", "other")
 
 
 def call(server, method, path, auth=None, api=API, **kwargs):

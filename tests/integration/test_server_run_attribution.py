@@ -21,11 +21,7 @@ CONTAINER_USER = "trainer"
 
 @pytest.fixture(scope="module")
 def members(tracking_server):
-    suffix = uuid.uuid4().hex[:6]
-    accounts = {name: (f"{name}-{suffix}", f"{name}-pw-{uuid.uuid4().hex}") for name in ("member1", "member2")}
-    for username, password in accounts.values():
-        tracking_server.create_user(username, password)
-    return accounts
+    return tracking_server.create_users("member1", "member2")
 
 
 def call(server, auth, path, **body):
