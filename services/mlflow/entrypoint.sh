@@ -2,7 +2,7 @@
 # cvops MLflow server container entrypoint (also what tests/harness runs, so tests exercise the
 # same start-up path as the container).
 #
-#   entrypoint.sh serve             (default) validate config, then exec `mlflow server` under gunicorn
+#   entrypoint.sh serve             (default) validate config, then exec gunicorn on MLflow's app
 #   entrypoint.sh migrate           create the auth database if missing, upgrade both schemas (idempotent)
 #   entrypoint.sh secrets           the compose stack's secrets volume: keep what it holds, take values
 #                                   set in the environment (.env), generate the rest (as root)
@@ -228,7 +228,7 @@ serve() {
     export MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE=${MLFLOW_SQLALCHEMYSTORE_POOL_RECYCLE:-1800}
 
     # MLflow's job runner (huey consumers for GenAI judges, trace archival) is extra processes a
-    # CV tracking server never uses; opt back in with MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true.
+    # CV tracking server never uses (server_setup.py serve refuses it: gunicorn runs without it).
     export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 
     # A CV team's server is a training tracker: no AI Gateway endpoints or UI entry, and no usage
@@ -241,30 +241,21 @@ serve() {
     metrics_dir=$(mktemp -d "${TMPDIR:-/tmp}/cvops-metrics.XXXXXX")
     export PROMETHEUS_MULTIPROC_DIR="$metrics_dir"
 
-    local args=(
-        --host "${MLFLOW_HOST:-0.0.0.0}" --port "$port"
-        --workers "${GUNICORN_WORKERS:-2}"
-        --serve-artifacts
-        --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION"
-        --default-artifact-root mlflow-artifacts:/
-        --gunicorn-opts "-c $HERE/gunicorn.conf.py"
-        --expose-prometheus "$metrics_dir"
-    )
-    # `mlflow server` reads MLFLOW_BACKEND_STORE_URI itself: as --backend-store-uri the database
-    # password would show in the process list.
-    export MLFLOW_BACKEND_STORE_URI
+    # The database URI reaches the server in the environment: as an argument its password would
+    # show in the process list. gunicorn.conf.py reads MLFLOW_HOST, MLFLOW_PORT, GUNICORN_WORKERS.
+    export MLFLOW_BACKEND_STORE_URI MLFLOW_ARTIFACTS_DESTINATION
+    local app=plain
     if auth_enabled; then
         write_auth_config
         export MLFLOW_FLASK_SERVER_SECRET_KEY
-        args+=(--app-name basic-auth)
+        app=basic-auth
         announce_first_admin_password
     else
         say "WARNING: MLFLOW_AUTH=off: anyone who reaches port $port can read and change everything"
     fi
     say "serving on port $port (auth ${MLFLOW_AUTH:-on}, artifacts proxied to $MLFLOW_ARTIFACTS_DESTINATION)"
-    # `mlflow server`, after setting MLflow's Host and CORS variables from MLFLOW_ALLOWED_HOSTS and
-    # MLFLOW_CORS_ALLOWED_ORIGINS (see run_mlflow_server).
-    exec "$PYTHON" "$HERE/server_setup.py" mlflow-server "${args[@]}"
+    # gunicorn on MLflow's app, set up as `mlflow server` would set it up (see server_setup.serve).
+    exec "$PYTHON" "$HERE/server_setup.py" serve "$app"
 }
 
 # On the first start (no admin user yet; MLflow creates it with MLFLOW_ADMIN_PASSWORD) the server's

@@ -1,7 +1,8 @@
-"""gunicorn settings for the cvops MLflow server (passed by entrypoint.sh as `-c`).
+"""gunicorn settings for the cvops MLflow server (server_setup.py serve runs gunicorn with `-c` this).
 
-`mlflow server` adds `-b host:port -w GUNICORN_WORKERS` itself; everything else lives here.
-Sizing and the reasons behind each value: docs/server.md.
+All of gunicorn's settings live here, the worker class included: gunicorn runs MLflow's app
+directly, not through `mlflow server`, which would choose them itself. Sizing and the reasons
+behind each value: docs/server.md.
 """
 
 import gc
@@ -19,6 +20,8 @@ def _setting(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+bind = f"{_setting('MLFLOW_HOST', '0.0.0.0')}:{_setting('MLFLOW_PORT', '5000')}"
+workers = int(_setting("GUNICORN_WORKERS", "2"))
 # gthread: idle keep-alive connections wait in the worker's poller instead of holding a thread,
 # so clients that reuse a connection skip the TCP set-up on every call, and a slow multi-GB
 # upload occupies one thread while the main loop keeps heart-beating (no worker timeout kill).

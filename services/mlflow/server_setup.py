@@ -2,7 +2,7 @@
 
     server_setup.py render-auth-config TEMPLATE OUTPUT
     server_setup.py migrate tracking [auth]   (databases named by MLFLOW_BACKEND_STORE_URI, MLFLOW_AUTH_DATABASE_URI)
-    server_setup.py mlflow-server ARGS…       (what `mlflow server ARGS…` does, security settings first)
+    server_setup.py serve plain|basic-auth    (gunicorn on MLflow's app, set up as `mlflow server` would)
     server_setup.py patch-report              (each server patch: verified here? its names present?)
 """
 
@@ -11,6 +11,7 @@ import os
 import string
 import sys
 import time
+import uuid
 
 from sqlalchemy.engine import make_url
 
@@ -158,19 +159,63 @@ def allowed_hosts(team_hosts: str) -> str:
     return ",".join([*get_default_allowed_hosts(), *COMPOSE_SERVICE_HOSTS, *team])
 
 
-def run_mlflow_server(*args: str) -> None:
-    """`mlflow server ARGS…`, with MLflow's security middleware configured from cvops' variables.
+# The WSGI apps gunicorn loads: MLflow's Flask app, or the basic-auth app wrapping it (a factory,
+# what `mlflow server --app-name basic-auth` names through MLflow's `mlflow.app` entry point).
+APPS = {"plain": "mlflow.server:app", "basic-auth": "mlflow.server.auth:create_app()"}
+GUNICORN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn.conf.py")
 
-    The middleware (Host-header check against DNS rebinding, CORS) reads MLflow's variables; its
-    --allowed-hosts/--cors-allowed-origins flags are refused together with gunicorn. Running
-    MLflow's CLI in this process (it is what the `mlflow` command runs) makes computing MLflow's
-    default host list free: the CLI imports MLflow anyway, a separate step would again (~3 s).
-    An operator who sets MLFLOW_SERVER_ALLOWED_HOSTS gets exactly that list (e.g. to refuse
-    private addresses).
+
+def mlflow_worker_environment(backend_store_uri: str, registry_store_uri: str) -> dict[str, str]:
+    """What `mlflow server --serve-artifacts --artifacts-destination … --default-artifact-root
+    mlflow-artifacts:/ --expose-prometheus DIR` hands its workers (MLflow 3.17.2 _run_server),
+    by MLflow's own names for them so that a rename fails loudly at start-up."""
+    from mlflow.environment_variables import (
+        _MLFLOW_IN_JOB_EXECUTOR,
+        _MLFLOW_SERVER_BOOT_ID,
+        _MLFLOW_SGI_NAME,
+        MLFLOW_ENABLE_WORKSPACES,
+    )
+    from mlflow.server import constants
+
+    environment = {
+        constants.BACKEND_STORE_URI_ENV_VAR: backend_store_uri,
+        constants.REGISTRY_STORE_URI_ENV_VAR: registry_store_uri,
+        constants.ARTIFACT_ROOT_ENV_VAR: "mlflow-artifacts:/",
+        constants.SERVE_ARTIFACTS_ENV_VAR: "true",
+        constants.ARTIFACTS_DESTINATION_ENV_VAR: os.environ["MLFLOW_ARTIFACTS_DESTINATION"],
+        constants.PROMETHEUS_EXPORTER_ENV_VAR: os.environ["PROMETHEUS_MULTIPROC_DIR"],
+        # One id per server generation, shared by its workers (MLflow tells its sandboxes apart by it).
+        _MLFLOW_SERVER_BOOT_ID.name: uuid.uuid4().hex,
+        # Only MLflow's job executors may rebuild scorer code; a server worker never is one.
+        _MLFLOW_IN_JOB_EXECUTOR.name: "false",
+        _MLFLOW_SGI_NAME.name: "gunicorn",
+        # The CLI resolves the flag once and writes it back, so "false" never reads as set.
+        MLFLOW_ENABLE_WORKSPACES.name: "true" if MLFLOW_ENABLE_WORKSPACES.get() else "false",
+    }
+    if os.environ.get("MLFLOW_READ_REPLICA_BACKEND_STORE_URI"):
+        environment[constants.READ_REPLICA_BACKEND_STORE_URI_ENV_VAR] = os.environ["MLFLOW_READ_REPLICA_BACKEND_STORE_URI"]
+    if os.environ.get("MLFLOW_STATIC_PREFIX"):
+        from mlflow.server.handlers import STATIC_PREFIX_ENV_VAR
+
+        environment[STATIC_PREFIX_ENV_VAR] = os.environ["MLFLOW_STATIC_PREFIX"]
+    return environment
+
+
+def serve(app: str) -> None:
+    """gunicorn on MLflow's app with gunicorn.conf.py, prepared as `mlflow server` prepares it.
+
+    Not through `mlflow server --gunicorn-opts`: how that runs its workers is MLflow's choice, and
+    newer releases run them on uvicorn (4-5x slower per call here), so the worker class would
+    change under us with a version bump. This process becomes gunicorn's master (exec), so
+    stop signals reach gunicorn directly. The Host/CORS middleware reads MLflow's variables,
+    set here from cvops' ones. An operator who sets MLFLOW_SERVER_ALLOWED_HOSTS gets exactly
+    that list (e.g. to refuse private addresses).
     """
     import server_patches
     import ui_defaults
 
+    if app not in APPS:
+        fail(f"usage: server_setup.py serve {{{' | '.join(APPS)}}}")
     try:  # checked here, before gunicorn, so a typo stops the server with one line instead of crashing workers
         ui_defaults.default_workflow()
         patches = server_patches.plan()
@@ -180,13 +225,45 @@ def run_mlflow_server(*args: str) -> None:
     for note in patches.notes:
         say(note)
     say(f"server patches: {', '.join(patch.name for patch in patches.enabled) or 'none'}")
+    from mlflow.environment_variables import MLFLOW_SERVER_ENABLE_JOB_EXECUTION
+
+    if MLFLOW_SERVER_ENABLE_JOB_EXECUTION.get():
+        # `mlflow server` starts the job runner beside its server process and watches both; the
+        # runner is MLflow's private machinery, which this server does not reproduce.
+        fail("MLFLOW_SERVER_ENABLE_JOB_EXECUTION is not supported: the cvops server runs gunicorn "
+             "directly, without MLflow's job runner (GenAI judges, trace archival)")
     if not os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
         os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts(os.environ.get("MLFLOW_ALLOWED_HOSTS", ""))
     if os.environ.get("MLFLOW_CORS_ALLOWED_ORIGINS"):
         os.environ["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = os.environ["MLFLOW_CORS_ALLOWED_ORIGINS"]
-    from mlflow.cli import cli
 
-    cli.main(args=["server", *args], prog_name="mlflow")
+    backend_store_uri = os.environ["MLFLOW_BACKEND_STORE_URI"]
+    registry_store_uri = os.environ.get("MLFLOW_REGISTRY_STORE_URI") or backend_store_uri
+    os.environ.update(mlflow_worker_environment(backend_store_uri, registry_store_uri))
+    # What `mlflow server` checks before starting gunicorn, so a broken database or auth setup
+    # stops the server with one error instead of workers crashing in a loop.
+    from mlflow.server.handlers import initialize_backend_stores
+    from mlflow.tracing.trace_rollup_service import validate_sql_trace_rollup_startup
+
+    try:
+        initialize_backend_stores(
+            backend_store_uri,
+            registry_store_uri,
+            "mlflow-artifacts:/",
+            workspace_store_uri=os.environ.get("MLFLOW_WORKSPACE_STORE_URI"),
+            read_replica_backend_store_uri=os.environ.get("MLFLOW_READ_REPLICA_BACKEND_STORE_URI"),
+        )
+    except Exception as error:  # noqa: BLE001 (whatever the store raises, the server must not start)
+        fail(f"cannot initialise the backend store: {error}")
+    validate_sql_trace_rollup_startup(backend_store_uri)
+    if app == "basic-auth":
+        from mlflow.environment_variables import _MLFLOW_AUTH_ADMIN_BOOTSTRAPPED
+        from mlflow.server.auth import bootstrap_admin_user, get_flask_server_secret_key
+
+        get_flask_server_secret_key()
+        bootstrap_admin_user()
+        os.environ[_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.name] = "true"
+    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, APPS[app]])
 
 
 def patch_report() -> None:
@@ -213,7 +290,7 @@ def patch_report() -> None:
 COMMANDS = {
     "render-auth-config": render_auth_config,
     "migrate": migrate,
-    "mlflow-server": run_mlflow_server,
+    "serve": serve,
     "patch-report": patch_report,
 }
 

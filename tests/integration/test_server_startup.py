@@ -25,9 +25,11 @@ pytestmark = pytest.mark.integration
         ({"MLFLOW_ARTIFACTS_DESTINATION": "/var/artifacts"}, "MLFLOW_ARTIFACTS_DESTINATION must be s3://"),
         ({"MLFLOW_AUTH": "maybe"}, "MLFLOW_AUTH must be 'on' or 'off'"),
         ({"CVOPS_UI_DEFAULT_WORKFLOW": "training"}, "CVOPS_UI_DEFAULT_WORKFLOW must be machine_learning, genai or mlflow"),
+        ({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"}, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION is not supported"),
     ],
     ids=["empty-password", "mlflow-legacy-default", "placeholder", "short-password", "no-secret-key",
-         "default-secret-key", "driverless-uri", "local-artifacts", "bad-auth-flag", "unknown-ui-view"],
+         "default-secret-key", "driverless-uri", "local-artifacts", "bad-auth-flag", "unknown-ui-view",
+         "job-runner"],
 )
 def test_serve_refuses_unsafe_configuration(tracking_server, overrides, message):
     result = tracking_server.run_entrypoint("serve", timeout_s=60, MLFLOW_PORT=str(free_port()), **overrides)
@@ -58,8 +60,23 @@ def test_the_database_password_stays_out_of_the_process_list(tracking_server, po
     """Anyone who can list processes in the container (ps, /proc) must not read the database login."""
     server_pids = [tracking_server._proc.pid, *_descendants(tracking_server._proc.pid)]
     command_lines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in server_pids}
-    assert any("mlflow-server" in line for line in command_lines.values())  # the server's own process is seen
+    assert any("gunicorn" in line for line in command_lines.values())  # the server's own process is seen
     assert [line for line in command_lines.values() if postgres.password in line] == []
+
+
+def test_gunicorn_runs_with_our_worker_class_not_mlflows(tracking_server):
+    """gunicorn.conf.py decides how the workers run, not `mlflow server`: newer MLflow releases run
+    `--gunicorn-opts` on uvicorn workers (4-5x slower per call here, docs/performance.md)."""
+    master = tracking_server._proc.pid  # entrypoint.sh and server_setup.py exec into gunicorn's master
+    command_lines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+                     for pid in [master, *_descendants(master)]}
+    assert command_lines[master][1:4] == ["-m", "gunicorn", "-c"]
+    assert command_lines[master][4].endswith("services/mlflow/gunicorn.conf.py")
+    assert command_lines[master][5] == "mlflow.server.auth:create_app()"
+    every_argument = [argument for line in command_lines.values() for argument in line]
+    assert [argument for argument in every_argument  # neither MLflow's CLI nor uvicorn in the chain
+            if "uvicorn" in argument or argument.endswith(("bin/mlflow", "server_setup.py"))] == []
+    assert "Using worker: gthread" in tracking_server.log_file.read_text()
 
 
 def _descendants(pid: int) -> list[int]:
