@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,17 @@ def test_image_contract(framework):
     assert "HEALTHCHECK" not in keywords  # a one-shot job, not a service
     run_lines = " ".join(args for keyword, args in steps if keyword == "RUN")
     assert "-c /opt/cvops/constraints.txt" in run_lines, "every pip install honours the pinned versions"
-    assert f"/tmp/cvops-src[{framework}]" in run_lines, "installs cvops with its framework extra"
+    if framework == "keras":
+        # cvops[keras] names `tensorflow`, which would add CUDA's build beside tensorflow-cpu on a
+        # CPU base: the image installs plain cvops and, itself, every other package of the extra.
+        assert re.search(r"install -c /opt/cvops/constraints.txt /tmp/cvops-src\b(?!\[)", run_lines)
+        pyproject = tomllib.loads((IMAGES.parent / "pyproject.toml").read_text())
+        extra = pyproject["project"]["optional-dependencies"]["keras"]
+        for requirement in extra:
+            name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)
+            assert name == "tensorflow" or f" {name} " in f" {run_lines} ", f"the image lacks {name} of cvops[keras]"
+    else:
+        assert f"/tmp/cvops-src[{framework}]" in run_lines, "installs cvops with its framework extra"
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
