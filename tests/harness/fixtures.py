@@ -185,6 +185,16 @@ class S3Endpoint:
         self.log_file = root / "moto.log"
         self._proc: subprocess.Popen | None = None
 
+    def log_mark(self) -> int:
+        """Where the request log ends now; :meth:`log_since` reads what came after it (the log is
+        the session's: a server with patches off, MLflow's own path, may presign)."""
+        return self.log_file.stat().st_size if self.log_file.exists() else 0
+
+    def log_since(self, mark: int) -> str:
+        with open(self.log_file, "rb") as log:
+            log.seek(mark)
+            return log.read().decode(errors="replace")
+
     def start(self) -> None:
         moto = shutil.which("moto_server", path=str(VENV_BIN)) or shutil.which("moto_server")
         if not moto:
