@@ -1,6 +1,7 @@
 """Model registry: log + register, aliases, the promotion gate, the model card (real server)."""
 from __future__ import annotations
 
+import os
 import uuid
 
 import numpy as np
@@ -100,6 +101,17 @@ def test_a_nan_metric_never_promotes_a_challenger_and_sets_no_bar_as_champion(sd
     decision = registry.promote(name, trained.version, GATES, client=client)
     assert decision.promoted, decision.summary()
     assert "champion's value is NaN" in decision.summary()
+
+
+def test_registering_leaves_mlflow_s_tracking_uri_as_it_was(sdk_env, tmp_path, monkeypatch):
+    """Registering pointed MLflow at the run's server and then pinned it there for the rest of the
+    process: a later MLFLOW_TRACKING_URI (another server, the next test's) was ignored."""
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setattr(utils, "_tracking_uri", None)  # as in a fresh process: only the variable set
+    before = (utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI"))
+    _train_and_register(f"sdk-uri-{uuid.uuid4().hex[:6]}", ap=1.0, latency=1.0, tmp_path=tmp_path)
+    assert (utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")) == before
 
 
 def test_model_card_describes_data_metrics_and_setup(sdk_env, tmp_path):

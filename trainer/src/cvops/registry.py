@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import json
 import math
+import os
 import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
@@ -77,21 +78,39 @@ def log_model_and_register(run, model: Any, flavor: str | types.ModuleType, *, r
     from mlflow.models import Model
 
     client = _client(run)
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)
-    try:
-        with _active_experiment(run.experiment_id):
-            info = Model.log(
-                artifact_path=None, name=name, flavor=_flavor_module(flavor), run_id=run_id,
-                registered_model_name=registered_model_name, signature=signature, input_example=input_example,
-                **_model_argument(flavor, model), **flavor_kwargs,
-            )
-    finally:
-        mlflow.set_tracking_uri(previous_uri)
+    with _tracking_uri(client.tracking_uri), _active_experiment(run.experiment_id):
+        info = Model.log(
+            artifact_path=None, name=name, flavor=_flavor_module(flavor), run_id=run_id,
+            registered_model_name=registered_model_name, signature=signature, input_example=input_example,
+            **_model_argument(flavor, model), **flavor_kwargs,
+        )
     version = str(info.registered_model_version)
     for alias in aliases:
         client.set_registered_model_alias(registered_model_name, alias, version)
     return RegisteredVersion(registered_model_name, version, info.model_uri, run_id)
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str):
+    """MLflow's Model.log talks to the process's tracking URI: point it at the run's server for
+    the call, then leave MLflow's setting and the MLFLOW_TRACKING_URI it writes exactly as they
+    were. Restoring through ``set_tracking_uri(get_tracking_uri())`` pinned the URI for the rest of
+    the process, so a later MLFLOW_TRACKING_URI (another server) was ignored."""
+    from mlflow.tracking._tracking_service import utils
+
+    previous_setting, previous_variable = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if previous_setting is None:
+            utils._tracking_uri = None
+        else:
+            mlflow.set_tracking_uri(previous_setting)
+        if previous_variable is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_variable
 
 
 @contextlib.contextmanager
