@@ -450,9 +450,20 @@ CLIENT_S3_VARIABLES = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRE
                        "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_PROFILE")
 
 
+def pin_mlflow_tracking_uri_per_test(monkeypatch) -> None:
+    """Put MLflow's process-wide tracking URI back after the test. MLFLOW_TRACKING_URI only counts
+    while that setting is unset, and MLflow sets it behind the caller's back: autolog's checkpoint
+    callback calls ``mlflow.set_tracking_uri`` at every epoch end. Left set, the next test's server
+    (patches on, then off) was ignored and MLflow's client sent this server's login to the old one."""
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setattr(utils, "_tracking_uri", utils._tracking_uri)
+
+
 @pytest.fixture
 def tracking_env(tracking_server, monkeypatch) -> TrackingServer:
     """The session server's admin login in MLFLOW_TRACKING_*, and no S3 settings (like a laptop)."""
+    pin_mlflow_tracking_uri_per_test(monkeypatch)
     for name in CLIENT_S3_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)

@@ -13,9 +13,6 @@ from cvops import registry
 from cvops.registry import Gate
 from tests.integration.sdk_env import use_sdk_env
 
-# Not also with patches off (CVOPS_SERVER_PATCHES=off): after the doctor's tests in the same
-# process, MLflow's client got HTTP 401 from the patches-off server while loading the champion
-# (order-dependent, not yet explained); the lifecycle, auth and upload tests cover that mode.
 pytestmark = [pytest.mark.integration, pytest.mark.patches_on_and_off]
 
 GATES = [Gate("bbox/AP", higher_is_better=True, min_value=30.0),
