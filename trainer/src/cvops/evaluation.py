@@ -429,6 +429,29 @@ def log_latency(run: Any, report: LatencyReport, *, step: int | None = None, pre
     run.log_metrics(report.as_metrics(prefix), step=step)
 
 
+def evaluate_detector(
+    run: Any,
+    predict_batch: Callable[[Sequence[Any]], Iterable[Detections]],
+    images: Sequence[Any],
+    ground_truth: Sequence[Detections],
+    class_names: Sequence[str],
+    *,
+    batch_size: int = 1,
+    step: int | None = None,
+) -> DetectionEvaluation:
+    """What every framework adapter logs at the end of training: predict the evaluation images once,
+    batch by batch, timing each batch (the first is a warm-up when there are others), then log the
+    evaluation (``log_detection_evaluation``) and the latency (``log_latency``)."""
+    batches = [images[start:start + batch_size] for start in range(0, len(images), batch_size)]
+    predictions: list[Detections] = []
+    latency = measure_latency(
+        lambda batch: predictions.extend(predict_batch(batch)), batches, warmup_batches=min(1, len(batches) - 1)
+    )
+    evaluation = log_detection_evaluation(run, predictions, ground_truth, class_names, images=images, step=step)
+    log_latency(run, latency, step=step)
+    return evaluation
+
+
 def _markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return ""

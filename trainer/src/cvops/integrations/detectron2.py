@@ -310,20 +310,11 @@ class CvopsHook(_HookBase):
                 boxes=[BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations],
                 classes=[a["category_id"] for a in annotations],  # contiguous 0.. as DatasetCatalog maps them
             ))
-        predictions: list[Detections] = []
-        latency = None
-        with self._inference_mode() as predict:
-            def predict_batch(batch: list[np.ndarray]) -> None:
-                predictions.extend(predict(image) for image in batch)
-
-            try:
-                latency = evaluation.measure_latency(predict_batch, [[image] for image in images])
-            except ValueError as too_few:  # one image: predicted, but nothing left to time
-                log.warning("cvops: no inference latency for %s: %s", test_sets[0], too_few)
         step = self.trainer.iter  # where EvalHook's final evaluation puts bbox/AP: max_iter
-        evaluation.log_detection_evaluation(self.run, predictions, ground_truth, class_names, images=images, step=step)
-        if latency is not None:
-            evaluation.log_latency(self.run, latency, step=step)
+        with self._inference_mode() as predict:
+            evaluation.evaluate_detector(
+                self.run, lambda batch: [predict(image) for image in batch], images, ground_truth, class_names, step=step
+            )
 
     def log_evaluation(self, results: Mapping[str, Any], step: int | None = None) -> None:
         """For results of ``trainer.test(cfg, model)`` run outside EvalHook."""

@@ -199,12 +199,7 @@ class CvopsCallback(keras.callbacks.Callback):
 
     def _evaluate(self) -> None:
         images, ground_truth = self.evaluation_data
-        batches = [images[i:i + self.evaluation_batch_size] for i in range(0, len(images), self.evaluation_batch_size)]
-        predictions: list[Detections] = []
-        for batch in batches:
-            predictions.extend(self.decode_predictions(self._predict(batch)))
-        evaluation.log_detection_evaluation(
-            self.run, predictions, ground_truth, self.class_names, images=images, step=self._global_step
+        evaluation.evaluate_detector(
+            self.run, lambda batch: self.decode_predictions(self._predict(batch)), images, ground_truth,
+            self.class_names, batch_size=self.evaluation_batch_size, step=self._global_step,
         )
-        report = evaluation.measure_latency(self._predict, batches, warmup_batches=min(1, len(batches) - 1))
-        evaluation.log_latency(self.run, report, step=self._global_step)

@@ -542,12 +542,7 @@ def log_exported_model_evaluation(run: Any, saved_model: str | Path, pipeline_co
         )
 
     detect = ExportedDetector(saved_model)
-    predictions = [by_index(detect(image)) for image in images]
-    evaluation.log_detection_evaluation(
-        run, predictions, [by_index(t) for t in truth], list(label_map.values()), images=images, step=step
+    evaluation.evaluate_detector(
+        run, lambda batch: [by_index(detect(image)) for image in batch], images, [by_index(t) for t in truth],
+        list(label_map.values()), step=step,
     )
-    batches = [[image] for image in images]
-    report = evaluation.measure_latency(
-        lambda batch: [detect(image) for image in batch], batches, warmup_batches=min(1, len(batches) - 1)
-    )
-    evaluation.log_latency(run, report, step=step)
