@@ -18,7 +18,6 @@ cores busy in the server's process tree, PostgreSQL's and the clients'.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import threading

@@ -43,7 +43,7 @@ def main() -> None:
         populated = _cold_starts(stack, repeats)
 
     rows = []
-    for label, times in ((f"empty database", empty), (f"{runs} runs", populated)):
+    for label, times in (("empty database", empty), (f"{runs} runs", populated)):
         s, o = median(times["stock"]), median(times["ours"])
         rows.append([label, f"{s:.1f}", f"{o:.1f}", ratio(s, o), f"{median(times['ours migrate']):.1f}"])
     table = print_table(f"Cold start to /health (median of {repeats})",

@@ -207,5 +207,5 @@ def test_disabled_tracking_says_so_once_and_does_nothing(monkeypatch, caplog):
         run.log_metrics({"loss": 1.0}, step=1)
         run.log_params({"lr": 0.1})
         assert run.child("eval").enabled is False
-    assert not first.enabled and first.run_id is None
+    assert not first.enabled and first.run_id is None and not second.enabled
     assert caplog.text.count("NOT tracked") == 1
