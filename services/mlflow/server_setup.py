@@ -165,16 +165,20 @@ APPS = {"plain": "mlflow.server:app", "basic-auth": "mlflow.server.auth:create_a
 GUNICORN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn.conf.py")
 
 
+# Worker variables that `mlflow server` sets only from some release on, by their names in
+# mlflow.environment_variables: set where this MLflow defines them (an older one's workers never
+# read them), so the server still starts on the older MLflow an operator may have to run.
+WORKER_VARIABLES_OF_NEWER_MLFLOW = {
+    "_MLFLOW_IN_JOB_EXECUTOR": "false",  # 3.17: only MLflow's job executors may rebuild scorer code
+}
+
+
 def mlflow_worker_environment(backend_store_uri: str, registry_store_uri: str) -> dict[str, str]:
     """What `mlflow server --serve-artifacts --artifacts-destination … --default-artifact-root
     mlflow-artifacts:/ --expose-prometheus DIR` hands its workers (MLflow 3.17.2 _run_server),
     by MLflow's own names for them so that a rename fails loudly at start-up."""
-    from mlflow.environment_variables import (
-        _MLFLOW_IN_JOB_EXECUTOR,
-        _MLFLOW_SERVER_BOOT_ID,
-        _MLFLOW_SGI_NAME,
-        MLFLOW_ENABLE_WORKSPACES,
-    )
+    import mlflow.environment_variables
+    from mlflow.environment_variables import _MLFLOW_SERVER_BOOT_ID, _MLFLOW_SGI_NAME, MLFLOW_ENABLE_WORKSPACES
     from mlflow.server import constants
 
     environment = {
@@ -186,12 +190,13 @@ def mlflow_worker_environment(backend_store_uri: str, registry_store_uri: str) -
         constants.PROMETHEUS_EXPORTER_ENV_VAR: os.environ["PROMETHEUS_MULTIPROC_DIR"],
         # One id per server generation, shared by its workers (MLflow tells its sandboxes apart by it).
         _MLFLOW_SERVER_BOOT_ID.name: uuid.uuid4().hex,
-        # Only MLflow's job executors may rebuild scorer code; a server worker never is one.
-        _MLFLOW_IN_JOB_EXECUTOR.name: "false",
         _MLFLOW_SGI_NAME.name: "gunicorn",
         # The CLI resolves the flag once and writes it back, so "false" never reads as set.
         MLFLOW_ENABLE_WORKSPACES.name: "true" if MLFLOW_ENABLE_WORKSPACES.get() else "false",
     }
+    for attribute, value in WORKER_VARIABLES_OF_NEWER_MLFLOW.items():
+        if (variable := getattr(mlflow.environment_variables, attribute, None)) is not None:
+            environment[variable.name] = value
     if os.environ.get("MLFLOW_READ_REPLICA_BACKEND_STORE_URI"):
         environment[constants.READ_REPLICA_BACKEND_STORE_URI_ENV_VAR] = os.environ["MLFLOW_READ_REPLICA_BACKEND_STORE_URI"]
     if os.environ.get("MLFLOW_STATIC_PREFIX"):
