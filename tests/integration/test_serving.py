@@ -167,6 +167,38 @@ def test_follows_champion_to_a_promoted_version_without_failed_requests(served, 
     assert {tuple(classes) for _, version, classes in answers if version == challenger} == {(SECOND_CLASS,) * DETECTIONS_PER_IMAGE}
 
 
+def _model_that_cannot_load():
+    import mlflow.pyfunc
+
+    class CannotLoad(mlflow.pyfunc.PythonModel):  # defined here: pickled by value, runs in the server
+        def load_context(self, context):
+            raise RuntimeError("the weights are corrupt")
+
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    return CannotLoad()
+
+
+def test_a_version_that_cannot_load_leaves_the_serving_one_answering(served, tracking_server, tmp_path, monkeypatch):
+    server, stable, _ = served
+    use_sdk_env(monkeypatch, tracking_server, tmp_path)
+    import cvops
+
+    with cvops.start_run(experiment="serving") as run:
+        broken = registry.log_model_and_register(run, _model_that_cannot_load(), "pyfunc", registered_model_name=stable)
+    MlflowClient(tracking_server.url).set_registered_model_alias(stable, "champion", broken.version)
+    url, auth = f"{server.url}/v1/models", tracking_server.admin_auth
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not requests.get(url, auth=auth, timeout=10).json()["models"][stable]["last_error"]:
+        time.sleep(0.5)
+    state = requests.get(url, auth=auth, timeout=10).json()["models"][stable]
+    assert state["version"] == "1" and "the weights are corrupt" in state["last_error"]
+    answer = requests.post(f"{url}/{stable}/predict", data=png(0), auth=auth, timeout=30)
+    assert answer.status_code == 200 and answer.headers["X-Model-Version"] == "1"
+    assert requests.get(f"{server.url}/ready", timeout=10).status_code == 200
+
+
 def test_ready_only_once_every_model_is_loaded(tracking_server, tmp_path):
     """A model whose alias points nowhere yet: the process is up, not ready, and says why."""
     name = f"serve-unset-{uuid.uuid4().hex[:6]}"
