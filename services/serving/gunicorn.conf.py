@@ -29,6 +29,17 @@ errorlog = "-"
 loglevel = _setting("GUNICORN_LOG_LEVEL", "info")
 
 
+def on_starting(server):
+    # Checked once in the master: a worker that refused the configuration would be restarted
+    # by gunicorn forever, repeating the message.
+    from cvops_serving import config
+
+    try:
+        config.from_environ()
+    except config.ConfigError as exc:
+        sys.exit(f"cvops-serving: error: {exc}")
+
+
 def post_worker_init(worker):
     # Models load in each worker after the fork, in the background: /health answers at once,
     # /ready once they are in.

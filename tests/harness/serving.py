@@ -41,12 +41,14 @@ class ServingServer:
         }
         self._proc: subprocess.Popen | None = None
 
+    # The image's CMD (services/serving/Dockerfile).
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cvops_serving.app:application_from_environ()"]
+
     def start(self) -> None:
         """Start gunicorn and wait for /health (not /ready: models load in the background)."""
         with open(self.log_file, "ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cvops_serving.app:application_from_environ()"],
-                cwd=SERVING_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                self.command, cwd=SERVING_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         _wait_until(lambda: self._answers("/health"), SERVER_START_TIMEOUT_S, "serving /health", self.log)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
 import threading
 import time
 import uuid
@@ -16,7 +17,9 @@ import requests
 from mlflow import MlflowClient
 
 from cvops import registry
-from tests.harness.serving import DETECTIONS_PER_IMAGE, IMAGE_SIZE, ServingServer, register_box_detector
+from tests.harness.serving import (
+    DETECTIONS_PER_IMAGE, IMAGE_SIZE, SERVING_DIR, ServingServer, register_box_detector,
+)
 from tests.integration.sdk_env import use_sdk_env
 
 pytestmark = pytest.mark.integration
@@ -215,3 +218,15 @@ def test_ready_only_once_every_model_is_loaded(tracking_server, tmp_path):
         assert response.status_code == 503 and response.json()["error"]["code"] == "model_not_ready"
     finally:
         server.stop()
+
+
+def test_a_bad_configuration_stops_the_server_once_with_the_reason(tmp_path):
+    """Checked in gunicorn's master: a worker refusing it would be restarted forever."""
+    server = ServingServer(tmp_path, "http://127.0.0.1:9", "admin", "unused-password", models="")
+    with open(server.log_file, "wb") as log:
+        process = subprocess.Popen(server.command, cwd=SERVING_DIR, env=server.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert process.wait(timeout=60) != 0
+    finally:
+        process.kill()
+    assert server.log().count("CVOPS_SERVE_MODELS is empty") == 1, server.log()
