@@ -27,7 +27,7 @@ pytestmark = pytest.mark.compose
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 V2_FROM_RUN_SH = Path(sys.executable).parent.parent / "libexec" / "docker-compose-v2"
-PROFILES = ("--profile", "tls", "--profile", "train")
+PROFILES = ("--profile", "tls", "--profile", "train", "--profile", "serve")
 SECRETS = ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "MLFLOW_ADMIN_PASSWORD",
            "MLFLOW_FLASK_SERVER_SECRET_KEY")
 

@@ -60,3 +60,29 @@ def model_environment_predicts(model_uri: str, inputs, tmp_path: Path):
     assert predicted.returncode == 0, tail(predicted.stderr)
     line = next(line for line in predicted.stdout.splitlines() if line.startswith("PREDICTIONS "))
     return json.loads(line[len("PREDICTIONS "):])
+
+
+SERVING_DIR = environments.REPO_ROOT / "services" / "serving"
+_SERVE_SCRIPT = (
+    "import json, sys\n"
+    "from mlflow import MlflowClient\n"
+    "from cvops_serving.detections import decode_image\n"
+    "from cvops_serving.models import load_version\n"
+    "name, version, *files = sys.argv[1:]\n"
+    "served = load_version(MlflowClient(), name, version)\n"
+    "images = [decode_image(open(path, 'rb').read(), path) for path in files]\n"
+    "print('SERVED ' + json.dumps(served.predict(images)))\n"
+)
+
+
+def served_detections(python: Path, name: str, version: str, image_files: list[Path]) -> list[dict]:
+    """What the inference server (services/serving) answers for these image files, computed by its
+    own code in the framework's environment: the registered version loaded as the server loads
+    it, the files decoded as request bodies are, the pyfunc's output turned into the one detection
+    schema. The HTTP layer around it is tests/integration/test_serving.py's."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SERVING_DIR), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([str(python), "-c", _SERVE_SCRIPT, name, str(version), *map(str, image_files)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, tail(result.stderr)
+    line = [line for line in result.stdout.splitlines() if line.startswith("SERVED ")][-1]
+    return json.loads(line[len("SERVED "):])

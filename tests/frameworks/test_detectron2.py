@@ -151,6 +151,22 @@ def test_registered_model_holds_weights_only_and_is_servable(trained, d2_python,
     assert all(set(row) == {"boxes", "scores", "classes"} for row in predicted)
 
 
+def test_the_inference_server_answers_the_registered_model_in_its_schema(trained, d2_python, shapes):
+    client, name = trained["client"], trained["model_name"]
+    version = str(trained["registered_version"])
+    client.set_model_version_tag(name, version, "cvops.class_names", json.dumps(["circle", "square", "triangle"]))
+    val = json.loads((shapes / "annotations" / "val.json").read_text())["images"][:2]
+    files = [shapes / "images" / image["file_name"] for image in val]
+    served = support.served_detections(d2_python, name, version, files)
+    assert len(served) == 2
+    for image, found in zip(val, served):
+        assert set(found) == {"boxes", "scores", "class_ids", "class_names"}
+        assert len(found["boxes"]) == len(found["scores"]) == len(found["class_ids"]) == len(found["class_names"])
+        assert all(0 <= x <= image["width"] and 0 <= y <= image["height"]
+                   for box in found["boxes"] for x, y in (box[:2], box[2:]))
+        assert set(found["class_names"]) <= {"circle", "square", "triangle"}
+
+
 def test_failed_training_is_told_apart_and_registers_nothing(d2_python, shapes, framework_env, tmp_path):
     result, _, model_name = train(d2_python, shapes, tmp_path, "--fail-at", "12")
     assert result["returncode"] != 0 and "scripted failure" in result["log"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.frameworks.support import EXAMPLES, model_environment_predicts, run_logged, tail
+from tests.frameworks.support import EXAMPLES, model_environment_predicts, run_logged, served_detections, tail
 
 pytestmark = [pytest.mark.frameworks, pytest.mark.integration]
 
@@ -167,6 +167,23 @@ def test_registered_model_is_servable_from_its_own_requirements(cli_run, shapes,
         assert len(boxes) == len(found["scores"]) == len(found["classes"]) > 0
         assert (boxes >= -1).all() and (boxes[:, [0, 2]] <= image.shape[1] + 1).all()
         assert set(found["classes"]) <= {1, 2, 3}
+
+
+def test_the_inference_server_answers_the_registered_model_in_its_schema(cli_run, tfod_python, shapes):
+    from PIL import Image
+
+    client, name, version = cli_run["client"], cli_run["name"], cli_run["version"].version
+    # Label-map ids start at 1: the names as {"id": "name"}.
+    client.set_model_version_tag(name, version, "cvops.class_names", json.dumps({"1": "circle", "2": "square", "3": "triangle"}))
+    files = sorted((shapes / "images" / "val").glob("*.png"))[:2]
+    served = served_detections(tfod_python, name, version, files)
+    assert len(served) == len(files)
+    for path, found in zip(files, served):
+        width, height = Image.open(path).size
+        boxes = np.asarray(found["boxes"]).reshape(-1, 4)
+        assert len(boxes) == len(found["scores"]) == len(found["class_ids"]) > 0
+        assert (boxes >= -1).all() and (boxes[:, [0, 2]] <= width + 1).all() and (boxes[:, [1, 3]] <= height + 1).all()
+        assert set(found["class_names"]) <= {"circle", "square", "triangle"}
 
 
 def test_checkpoint_interval_that_never_saves_the_final_step_is_refused_before_training(

@@ -1,0 +1,104 @@
+"""The `serve` profile: the inference server built from services/serving/Dockerfile, started by
+`docker compose --profile serve up`, reading the registry with the secrets volume's admin login,
+healthy once its model is loaded, and following @champion under load.
+
+The image is built on the stand-in base with tensorflow-cpu (what the Keras detector of
+tests/harness/serving.py records as its requirement), from PyPI; the test skips when that fails.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from tests.harness.fixtures import free_port
+from tests.harness.serving import register_box_detector
+from tests.integration.sdk_env import use_sdk_env
+from tests.integration.test_serving import png
+
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
+
+SERVING_IMAGE = "cvops-compose-test/serving:local"
+HEALTHY_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def serving(compose_stack, tmp_path_factory):
+    """A registered detector with @champion, served by the profile's container."""
+    name = f"compose-serve-{uuid.uuid4().hex[:6]}"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        use_sdk_env(monkeypatch, compose_stack, tmp_path_factory.mktemp("serving-sdk"))
+        first = register_box_detector(name, class_id=1)
+        client = MlflowClient(compose_stack.url)
+        client.set_registered_model_alias(name, "champion", first)
+    settings = {
+        "SERVING_IMAGE": os.environ.get("SERVING_IMAGE", SERVING_IMAGE),
+        "SERVING_BASE_IMAGE": compose_stack.settings["BASE_IMAGE"],
+        "SERVING_MODEL_REQUIREMENTS": "tensorflow-cpu==2.21.0",
+        "SERVING_MODELS": name,
+        "SERVING_HOST_PORT": str(free_port()),
+        "SERVING_POLL_INTERVAL_S": "1",
+    }
+    built = compose_stack.compose("--profile", "serve", "build", "serving", check=False, timeout=1500, **settings)
+    if built.returncode != 0:
+        pytest.skip(f"could not build the serving image (PyPI reachable?):\n{built.stderr[-1500:]}")
+    compose_stack.compose("--profile", "serve", "up", "-d", "--no-build", "serving", **settings)
+    try:
+        deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+        while (compose_stack.container_state("serving") or {}).get("Health", {}).get("Status") != "healthy":
+            assert time.monotonic() < deadline, compose_stack.logs("serving")
+            time.sleep(1)
+        yield f"http://127.0.0.1:{settings['SERVING_HOST_PORT']}", name, client
+    finally:
+        compose_stack.compose("--profile", "serve", "rm", "-s", "-f", "serving", check=False, **settings)
+
+
+def test_the_profile_serves_champion_and_follows_a_promotion(serving, compose_stack, tmp_path, monkeypatch):
+    url, name, client = serving
+    predict = f"{url}/v1/models/{name}/predict"
+    auth = (compose_stack.admin_username, compose_stack.admin_password)
+    assert requests.post(predict, data=png(0), timeout=30).status_code == 401
+    first = requests.post(predict, data=png(0), auth=auth, timeout=30)
+    assert first.status_code == 200, first.text
+    assert first.headers["X-Model-Version"] == "1" and first.json()["predictions"][0]["class_ids"] == [1, 1]
+
+    answers: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def keep_predicting():
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    response = session.post(predict, data=png(0), auth=auth, timeout=30)
+                    answers.append((response.status_code, response.headers.get("X-Model-Version")))
+                except requests.RequestException as exc:
+                    answers.append((0, repr(exc)))
+
+    sender = threading.Thread(target=keep_predicting)
+    sender.start()
+    try:
+        use_sdk_env(monkeypatch, compose_stack, tmp_path)
+        second = register_box_detector(name, class_id=2)
+        client.set_registered_model_alias(name, "champion", second)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (answers and answers[-1][1] == second):
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        sender.join(60)
+    assert [a for a in answers if a[0] != 200] == [], compose_stack.logs("serving")
+    assert answers[-1][1] == second, compose_stack.logs("serving")
+
+
+def test_the_container_runs_as_its_own_user_with_the_secret_as_a_file(serving, compose_stack):
+    environment = compose_stack.compose("--profile", "serve", "exec", "-T", "serving", "sh", "-c",
+                                        "id -u; env | grep MLFLOW_TRACKING_PASSWORD || true",
+                                        check=False).stdout.split()
+    assert environment[0] == "10002"
+    assert environment[1:] == ["MLFLOW_TRACKING_PASSWORD_FILE=/run/secrets/mlflow_admin_password"]

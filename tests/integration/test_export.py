@@ -1,0 +1,47 @@
+"""ONNX export of a registered Keras detector (cvops.export): the file and its record in the run,
+the parity figure and latencies as metrics of the version's logged model, the verdict tag."""
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+import cvops
+from cvops import export
+from cvops.integrations import _pyfunc
+from tests.harness.serving import IMAGE_SIZE, box_detector
+from tests.integration.sdk_env import use_sdk_env
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("keras")
+pytest.importorskip("tf2onnx")
+onnxruntime = pytest.importorskip("onnxruntime")
+
+
+def test_a_registered_keras_model_exports_to_onnx_with_its_parity_recorded(tracking_server, tmp_path, monkeypatch):
+    use_sdk_env(monkeypatch, tracking_server, tmp_path)
+    client = MlflowClient(tracking_server.url)
+    model = box_detector(class_id=1)
+    samples = np.random.default_rng(0).integers(0, 255, (4, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+    with cvops.start_run(experiment="export") as run:
+        version = _pyfunc.log_keras_model(run, model, input_example=samples[:2],
+                                          registered_model_name=f"export-{uuid.uuid4().hex[:6]}")
+        result = export.export_keras_onnx(model, version, samples, client=client)
+
+    assert result.passed, result.summary()
+    assert 0 <= result.max_abs_diff <= export.DEFAULT_TOLERANCE
+    registered = client.get_model_version(version.name, version.version)
+    assert registered.tags[export.EXPORT_TAG] == "passed"
+    logged_model = client.get_logged_model(version.model_uri.removeprefix("models:/"))
+    metrics = {metric.key: metric.value for metric in logged_model.metrics}
+    assert metrics["export/onnx_max_abs_diff"] == pytest.approx(result.max_abs_diff)
+    assert metrics["export/onnx_latency_ms"] > 0 and metrics["export/native_latency_ms"] > 0
+
+    files = {item.path for item in client.list_artifacts(version.run_id, export.ARTIFACT_DIR)}
+    assert files == {f"{export.ARTIFACT_DIR}/model.onnx", f"{export.ARTIFACT_DIR}/export.json"}
+    onnx_file = client.download_artifacts(version.run_id, f"{export.ARTIFACT_DIR}/model.onnx", str(tmp_path))
+    session = onnxruntime.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": samples})))
+    np.testing.assert_allclose(outputs["boxes"], np.asarray(model(samples, training=False)["boxes"]), atol=1e-3)
