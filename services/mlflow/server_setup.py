@@ -7,6 +7,7 @@
 """
 
 import importlib
+import importlib.util
 import os
 import string
 import sys
@@ -248,7 +249,6 @@ def serve(app: str) -> None:
     # What `mlflow server` checks before starting gunicorn, so a broken database or auth setup
     # stops the server with one error instead of workers crashing in a loop.
     from mlflow.server.handlers import initialize_backend_stores
-    from mlflow.tracing.trace_rollup_service import validate_sql_trace_rollup_startup
 
     try:
         initialize_backend_stores(
@@ -260,13 +260,15 @@ def serve(app: str) -> None:
         )
     except Exception as error:  # noqa: BLE001 (whatever the store raises, the server must not start)
         fail(f"cannot initialise the backend store: {error}")
-    validate_sql_trace_rollup_startup(backend_store_uri)
+    if importlib.util.find_spec("mlflow.tracing.trace_rollup_service"):  # MLflow 3.17 on
+        from mlflow.tracing.trace_rollup_service import validate_sql_trace_rollup_startup
+
+        validate_sql_trace_rollup_startup(backend_store_uri)
     if app == "basic-auth":
         from mlflow.environment_variables import _MLFLOW_AUTH_ADMIN_BOOTSTRAPPED
-        from mlflow.server.auth import bootstrap_admin_user, get_flask_server_secret_key
+        from mlflow.server import _bootstrap_basic_auth  # `mlflow server`'s own step, whatever it checks in this release
 
-        get_flask_server_secret_key()
-        bootstrap_admin_user()
+        _bootstrap_basic_auth()
         os.environ[_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED.name] = "true"
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, APPS[app]])
 
