@@ -50,10 +50,12 @@ _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 class JobSpecError(ValueError):
     """The job file cannot be used; ``problems`` lists ``(field path, message)`` pairs."""
 
+    kind = "job spec"
+
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {len(problems)} problem(s) in the job spec:"]
+        lines = [f"{source}: {len(problems)} problem(s) in the {self.kind}:"]
         lines += [f"  {where}: {message}" if where else f"  {message}" for where, message in problems]
         super().__init__("\n".join(lines))
 
