@@ -1,0 +1,25 @@
+"""A trial of tests/integration/test_sweep.py: a deterministic val_loss curve, no framework.
+
+base(lr) is smallest at lr = 0.01; behaviour `bad` makes a curve the median pruner must prune
+once two trials have completed; `crash` kills the process mid-run (a worker dying)."""
+import math
+import os
+import signal
+import time
+
+import cvops
+import cvops.sweeps
+
+params = cvops.sweeps.trial_params({"lr": 0.01, "behaviour": "good"})
+base = 100.0 if params["behaviour"] == "bad" else abs(math.log10(params["lr"]) + 2) + 1
+with cvops.start_run() as run:
+    for epoch in range(6):
+        if params["behaviour"] == "crash" and epoch == 2:
+            run.flush(10)
+            os.kill(os.getpid(), signal.SIGKILL)
+        val_loss = base / (epoch + 1)
+        run.log_metric("val_loss", val_loss, step=epoch)
+        if cvops.sweeps.report_intermediate(run, {"val_loss": val_loss}, epoch):
+            break
+        time.sleep(0.3)
+print("trial done", params)

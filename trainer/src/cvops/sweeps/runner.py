@@ -1,0 +1,298 @@
+"""`cvops sweep`: runs a study's trials as local processes, each a child run of the sweep's run.
+
+One Optuna study in RDB storage (the stack's PostgreSQL) is the only coordination: every
+``cvops sweep`` process on the same study asks it for the next trial, so two processes never
+get the same trial number. Per trial: ``study.ask()`` -> a child run (tags
+``mlflow.parentRunId``, ``trial``; the parameters as params) -> the template job's command in
+its code folder with the job's environment (the run to continue in ``MLFLOW_RUN_ID``, the trial
+in ``CVOPS_TRIAL_*``, see :mod:`cvops.sweeps.trial`) -> ``study.tell()`` from how the run ended:
+the objective's last value (FINISHED), PRUNED (tag ``pruned``), FAIL (non-zero exit, killed, or
+the objective never logged).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from cvops.jobs.plan import Provenance, Tracking, git_provenance, job_env
+from cvops.jobs.runtime import close_run_if_open, final_status
+from cvops.jobs.spec import JobSpec, check_host_paths
+from cvops.sweeps import trial as trial_env
+from cvops.sweeps.spec import STORAGE_ENV, SweepSpec, template_job
+
+PARENT_RUN_ATTR = "cvops.parent_run_id"
+EXPERIMENT_ATTR = "cvops.experiment_id"
+RUN_ID_ATTR = "run_id"
+TRIAL_TAG = "trial"
+SWEEP_TAG = "sweep"
+BEST_VALUE_METRIC = "sweep/best_value"
+SWEEP_ERROR_TAG = "cvops.sweep_error"
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start; the message says what to change."""
+
+
+def open_study(spec: SweepSpec, storage_url: str, *, create: bool, load: bool):
+    """The spec's study in ``storage_url``: created (``create``), loaded (``load``) or either."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = (
+        optuna.samplers.RandomSampler(seed=spec.seed)
+        if spec.sampler == "random"
+        else optuna.samplers.TPESampler(seed=spec.seed)
+    )
+    storage = optuna.storages.RDBStorage(storage_url)
+    exists = spec.study in {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
+    if exists and not load:
+        raise SweepError(f"study {spec.study!r} already exists in the storage; continue it with --resume")
+    if not exists and not create:
+        raise SweepError(f"no study {spec.study!r} in the storage; start it with `cvops sweep` first")
+    study = optuna.create_study(
+        study_name=spec.study, storage=storage, sampler=sampler, pruner=spec.pruner.build(),
+        direction=spec.objective.direction, load_if_exists=True,
+    )
+    return study, not exists
+
+
+@dataclass
+class _Sweep:
+    spec: SweepSpec
+    job: JobSpec
+    study: Any
+    storage_url: str
+    tracking_uri: str
+    parent: Any
+    provenance: Provenance
+    budget: int
+    out: TextIO
+    ask_lock: threading.Lock = field(default_factory=threading.Lock)
+    parent_lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    processes: set = field(default_factory=set)
+
+    # ------------------------------------------------------------------ trials
+    def next_trial(self):
+        from optuna.trial import TrialState
+
+        with self.ask_lock:
+            if self.stopping.is_set():
+                return None
+            started = self.study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING))
+            if len(started) >= self.budget:
+                return None
+            return self.study.ask(self.spec.distributions())
+
+    def work(self, gpu_uuids: tuple[str, ...]) -> None:
+        while (trial := self.next_trial()) is not None:
+            try:
+                self.run_trial(trial, gpu_uuids)
+            except Exception as error:  # one broken trial must not end the others
+                print(f"[sweep] trial {trial.number} could not run: {error}", file=sys.stderr)
+                self.tell(trial.number, state="FAIL")
+
+    def run_trial(self, trial, gpu_uuids: tuple[str, ...]) -> None:
+        from cvops.jobs.docker_backend import precreate_run
+        from cvops.tracking.transport import Transport
+
+        name = f"{self.spec.study}-trial-{trial.number}"
+        experiment_id, run_id = precreate_run(self.tracking_uri, self.job.model_copy(update={"run_name": name}),
+                                              self.provenance)
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        transport = Transport(self.tracking_uri)
+        transport.log_batch(
+            run_id,
+            params=[(key, _param_text(value)) for key, value in trial.params.items()],
+            tags=[("mlflow.parentRunId", self.parent.run_id), (TRIAL_TAG, str(trial.number)),
+                  (SWEEP_TAG, self.spec.study)],
+        )
+        print(f"[sweep] trial {trial.number} {json.dumps(trial.params)} -> run {run_id}", file=self.out, flush=True)
+        exit_code = self.run_command(trial, run_id, gpu_uuids)
+        close_run_if_open(self.tracking_uri, run_id, final_status(exit_code, self.stopping.is_set()), exit_code)
+        self.tell_from_run(trial.number, transport, run_id, exit_code)
+
+    def run_command(self, trial, run_id: str, gpu_uuids: tuple[str, ...]) -> int:
+        env = {**os.environ, **job_env(self.job, self.provenance, Tracking(uri=self.tracking_uri, run_id=run_id))}
+        env.update({
+            # A local process, not a container (the SDK's container defaults do not apply).
+            "CVOPS_IN_CONTAINER": "0",
+            "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids),
+            trial_env.PARAMS_ENV: json.dumps(trial.params),
+            trial_env.NUMBER_ENV: str(trial.number),
+            trial_env.STUDY_ENV: self.spec.study,
+            STORAGE_ENV: self.storage_url,
+            trial_env.OBJECTIVE_ENV: self.spec.objective.metric,
+            trial_env.PRUNER_ENV: self.spec.pruner.model_dump_json(),
+        })
+        try:
+            process = subprocess.Popen(
+                list(self.job.command), cwd=self.job.job_dir, env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+            )
+        except OSError as error:
+            print(f"[trial {trial.number}] cannot start {self.job.command[0]!r}: {error.strerror}", file=self.out)
+            return 127
+        self.processes.add(process)
+        try:
+            for line in process.stdout:
+                self.out.write(f"[trial {trial.number}] {line}")
+            returncode = process.wait()
+        finally:
+            self.processes.discard(process)
+        # A process killed by signal N reports -N; shells report 128+N, and so do we.
+        return 128 - returncode if returncode < 0 else returncode
+
+    def tell_from_run(self, number: int, transport, run_id: str, exit_code: int) -> None:
+        run = transport.get_run(run_id)
+        status = run["info"]["status"]
+        tags = {tag["key"]: tag.get("value") for tag in run.get("data", {}).get("tags", [])}
+        metrics = {metric["key"]: metric["value"] for metric in run.get("data", {}).get("metrics", [])}
+        objective = self.spec.objective.metric
+        if tags.get(trial_env.PRUNED_TAG) == "true":
+            self.tell(number, state="PRUNED")
+        elif exit_code != 0 or status != "FINISHED":
+            self.tell(number, state="FAIL")
+        elif objective not in metrics:
+            message = f"the run ended without logging the objective metric {objective!r}"
+            transport.log_batch(run_id, tags=[(SWEEP_ERROR_TAG, message)])
+            transport.update_run(run_id, "FAILED")
+            print(f"[sweep] trial {number}: {message}; counted as failed", file=self.out)
+            self.tell(number, state="FAIL")
+        else:
+            self.tell(number, value=float(metrics[objective]))
+
+    def tell(self, number: int, *, value: float | None = None, state: str | None = None) -> None:
+        from optuna.trial import TrialState
+
+        frozen = self.study.tell(number, value, state=TrialState[state] if state else None, skip_if_finished=True)
+        shown = f"{frozen.value:g}" if frozen.value is not None and state is None else frozen.state.name
+        print(f"[sweep] trial {number} {shown}", file=self.out, flush=True)
+        self.log_best()
+
+    # ------------------------------------------------------------------ the parent run
+    def log_best(self) -> None:
+        from optuna.trial import TrialState
+
+        with self.parent_lock:
+            trials = self.study.get_trials(deepcopy=False)
+            finished = sum(trial.state.is_finished() for trial in trials)
+            if not any(trial.state == TrialState.COMPLETE for trial in trials):
+                return
+            best = self.study.best_trial
+            self.parent.log_metric(BEST_VALUE_METRIC, best.value, step=finished)
+            self.parent.set_tags({
+                "best_trial": best.number,
+                "best_run_id": best.user_attrs.get(RUN_ID_ATTR),
+                **{f"best_params.{name}": _param_text(value) for name, value in best.params.items()},
+            })
+
+    def stop(self) -> None:
+        """Ctrl-C: ask no more trials and stop the running ones (their runs end KILLED)."""
+        self.stopping.set()
+        for process in list(self.processes):
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def _param_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _log_plots(study, parent) -> None:
+    """Optuna's optimisation history and parameter importances as PNG artifacts of the parent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    for name, plot in (("optimization_history", plots.plot_optimization_history),
+                       ("param_importances", plots.plot_param_importances)):
+        try:
+            axes = plot(study)
+        except Exception as error:  # e.g. importances need two completed trials
+            print(f"[sweep] no {name} plot: {error}", file=sys.stderr)
+            continue
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        parent.log_figure(figure, f"sweep/{name}.png")
+        plt.close(figure)
+
+
+def _gpu_groups(spec: SweepSpec) -> list[tuple[str, ...]]:
+    """One group of free GPUs per parallel worker (``gpus_per_trial`` each), or CPU only."""
+    if spec.gpus_per_trial == 0:
+        return [()] * spec.parallelism
+    from cvops.jobs.gpus import choose_gpus, probe_gpus
+
+    gpus = probe_gpus()
+    held: set[int] = set()
+    groups = []
+    for _ in range(spec.parallelism):
+        choice = choose_gpus(spec.gpus_per_trial, gpus, held)
+        held.update(choice.indices)
+        groups.append(choice.uuids)
+    return groups
+
+
+def run_sweep(spec: SweepSpec, *, resume: bool, budget: int | None, out: TextIO = sys.stdout) -> int:
+    import cvops
+    from cvops.config import load_settings
+
+    settings = load_settings()
+    if not settings.enabled:
+        raise SweepError(f"a sweep tracks every trial, and tracking is off: {settings.not_tracked_reason}")
+    job = template_job(spec)
+    check_host_paths(job)
+    gpu_groups = _gpu_groups(spec)
+    storage_url = spec.storage_url(os.environ)
+    study, created = open_study(spec, storage_url, create=True, load=resume)
+    parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    parent = cvops.start_run(
+        experiment=job.experiment, run_name=f"sweep-{spec.study}", tags={SWEEP_TAG: spec.study},
+        resume_run_id=parent_run_id, settings=settings,
+    )
+    if parent.run_id is None:
+        raise SweepError(f"could not create the sweep's run on {settings.tracking_uri}; check `cvops doctor`")
+    if created:
+        study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
+        study.set_user_attr(EXPERIMENT_ATTR, parent.experiment_id)
+        for params in spec.enqueue:
+            study.enqueue_trial(params)
+    parent.log_params({
+        "objective": spec.objective.metric, "direction": spec.objective.direction, "sampler": spec.sampler,
+        "pruner": spec.pruner.type, "study": spec.study,
+    })
+    if spec.source_file:
+        parent.log_artifact(spec.source_file, "sweep")
+    print(f"[sweep] study {spec.study!r}, parent run {parent.ui_url or parent.run_id}", file=out, flush=True)
+    commit, dirty = git_provenance(job.job_dir)
+    sweep = _Sweep(spec, job, study, storage_url, settings.tracking_uri, parent,
+                   Provenance(git_commit=commit, git_dirty=dirty), budget or spec.trials, out)
+    workers = [threading.Thread(target=sweep.work, args=(group,), daemon=True) for group in gpu_groups]
+    status = "FINISHED"
+    try:
+        for worker in workers:
+            worker.start()
+            time.sleep(0.05)  # staggered, so the first asks do not all hit the database at once
+        for worker in workers:
+            while worker.is_alive():
+                worker.join(0.5)
+    except KeyboardInterrupt:
+        print("[sweep] stopping: no new trials; running ones are stopped", file=out, flush=True)
+        sweep.stop()
+        for worker in workers:
+            worker.join()
+        status = "KILLED"
+    _log_plots(study, parent)
+    parent.end(status)
+    return 0 if status == "FINISHED" else 130
