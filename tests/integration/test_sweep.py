@@ -156,3 +156,48 @@ def test_a_sweep_tracks_every_trial_as_a_child_run_and_resumes_from_two_processe
     trial_tags = sorted(int(run.data.tags["trial"]) for run in child_runs)
     assert trial_tags == numbers, outputs
     assert all(trial.state.is_finished() for trial in trials)
+
+
+def test_the_keras_callback_prunes_a_trial_worse_than_the_completed_ones(tracking_env, optuna_storage, monkeypatch):
+    """In a trial's environment (as `cvops sweep` sets it), a real model.fit reports val_loss each
+    epoch; against a completed trial far better at every step, the median pruner stops it at once."""
+    keras = pytest.importorskip("keras")
+    import numpy as np
+
+    import cvops
+    from cvops.integrations.keras import CvopsCallback
+    from cvops.sweeps import trial as trial_module
+    from cvops.sweeps.spec import PrunerSpec
+
+    pruner = PrunerSpec(type="median", startup_trials=1)
+    study_name = f"keras-{uuid.uuid4().hex[:6]}"
+    study = optuna.create_study(study_name=study_name, storage=optuna_storage, pruner=pruner.build())
+    lr = optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 0.01}, distributions={"lr": lr}, value=1e-6, intermediate_values={step: 1e-6 for step in range(5)}
+    ))
+    trial = study.ask({"lr": lr})
+    monkeypatch.setattr(trial_module, "_reporter", None)
+    monkeypatch.setenv("CVOPS_TRIAL_NUMBER", str(trial.number))
+    monkeypatch.setenv("CVOPS_TRIAL_PARAMS", f'{{"lr": {trial.params["lr"]}}}')
+    monkeypatch.setenv("CVOPS_SWEEP_STUDY", study_name)
+    monkeypatch.setenv("CVOPS_SWEEP_STORAGE", optuna_storage)
+    monkeypatch.setenv("CVOPS_SWEEP_OBJECTIVE", "val_loss")
+    monkeypatch.setenv("CVOPS_SWEEP_PRUNER", pruner.model_dump_json())
+
+    rng = np.random.default_rng(0)
+    features, targets = rng.normal(size=(64, 4)).astype("float32"), rng.normal(size=(64, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(cvops.sweeps.trial_params()["lr"]), loss="mse")
+    with cvops.start_run(experiment="sweep-keras") as run:
+        history = model.fit(features, targets, validation_split=0.25, epochs=5, verbose=0,
+                            callbacks=[CvopsCallback(run)])
+    assert len(history.history["val_loss"]) == 1
+    assert run.status == "KILLED"
+    from mlflow.tracking import MlflowClient
+
+    tracked = MlflowClient(tracking_env.url).get_run(run.run_id)
+    assert tracked.info.status == "KILLED"
+    assert tracked.data.tags["pruned"] == "true" and tracked.data.tags["pruned_at_step"] == "0"
+    assert study.trials[trial.number].intermediate_values == {0: pytest.approx(history.history["val_loss"][0])}
+    assert optuna.load_study(study_name=study_name, storage=optuna_storage).trials[trial.number].state.name == "RUNNING"
