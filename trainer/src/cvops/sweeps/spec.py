@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cvops.jobs.spec import JobSpec, JobSpecError, _problems, load_job_spec, parse_job_spec
+from cvops.jobs.spec import JobSpec, JobSpecError, _problems, load_job_spec, parse_job_spec, read_spec_file
 
 STORAGE_ENV = "CVOPS_SWEEP_STORAGE"
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -238,13 +238,5 @@ def _sweep_problems(error: ValidationError) -> list[tuple[str, str]]:
 
 
 def load_sweep_spec(path: str | Path) -> SweepSpec:
-    import yaml
-
     path = Path(path).expanduser().resolve()
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise SweepSpecError(str(path), [("", f"cannot read the file: {error.strerror}")]) from None
-    except yaml.YAMLError as error:
-        raise SweepSpecError(str(path), [("", f"not valid YAML: {getattr(error, 'problem', error)}")]) from None
-    return parse_sweep_spec(data, source_file=path)
+    return parse_sweep_spec(read_spec_file(path, SweepSpecError), source_file=path)

@@ -5,6 +5,7 @@ import os
 from collections import Counter
 from typing import TextIO
 
+from cvops.cli.table import print_table
 from cvops.sweeps.runner import EXPERIMENT_ATTR, PARENT_RUN_ATTR, RUN_ID_ATTR, open_study
 from cvops.sweeps.spec import SweepSpec
 from cvops.ui_links import run_ui_url
@@ -30,10 +31,7 @@ def print_status(spec: SweepSpec, out: TextIO) -> int:
     study, _ = open_study(spec, spec.storage_url(os.environ), create=False, load=True)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
     rows = trial_rows(study, tracking_uri)
-    columns = ("TRIAL", "STATE", "VALUE", "STEP", "RUN")
-    widths = {c: max([len(c), *(len(row[c]) for row in rows)]) for c in columns}
-    for row in [dict(zip(columns, columns)), *rows]:
-        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip(), file=out)
+    print_table(rows, ("TRIAL", "STATE", "VALUE", "STEP", "RUN"), out)
     counts = Counter(row["STATE"] for row in rows)
     summary = ", ".join(f"{count} {state.lower()}" for state, count in sorted(counts.items()))
     print(f"\n{len(rows)} of {spec.trials} trials: {summary or 'none yet'}", file=out)
