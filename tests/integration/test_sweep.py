@@ -19,6 +19,8 @@ pytestmark = pytest.mark.integration
 
 optuna = pytest.importorskip("optuna")
 
+import cvops as cvops_package  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 OBJECTIVE = REPO / "tests" / "data" / "sweep" / "objective.py"
 ENQUEUED = [
@@ -53,12 +55,12 @@ def sweep_env(server, tmp_path, storage_url: str) -> dict[str, str]:
         "CVOPS_SPOOL_DIR": str(tmp_path / "spool"),
         "CVOPS_CACHE_DIR": str(tmp_path / "cache"),
         "CVOPS_FLUSH_INTERVAL_S": "0.2",
-        "PYTHONPATH": str(REPO / "trainer" / "src"),
+        "PYTHONPATH": str(Path(cvops_package.__file__).parents[1]),  # the cvops under test
     })
     return env
 
 
-def write_sweep(tmp_path, study: str) -> Path:
+def write_sweep(tmp_path, study: str, enqueued=ENQUEUED, heartbeat_s: int = 30) -> Path:
     (tmp_path / "objective.py").write_text(OBJECTIVE.read_text())
     path = tmp_path / "sweep.yaml"
     path.write_text(textwrap.dedent(f"""
@@ -70,14 +72,15 @@ def write_sweep(tmp_path, study: str) -> Path:
         study: {study}
         search_space:
           lr: {{type: float, low: 0.0001, high: 0.5, log: true}}
-          behaviour: {{type: categorical, choices: [good, bad, crash]}}
+          behaviour: {{type: categorical, choices: [good, bad, crash, hang]}}
         objective: {{metric: val_loss, direction: min}}
         sampler: random
         seed: 0
         pruner: {{type: median, startup_trials: 2}}
         trials: 6
         parallelism: 2
-        enqueue: {ENQUEUED!r}
+        enqueue: {enqueued!r}
+        heartbeat_s: {heartbeat_s}
     """))
     return path
 
@@ -94,7 +97,7 @@ def finished(process: subprocess.Popen, timeout_s: float = 240) -> str:
 
 
 def test_a_sweep_tracks_every_trial_as_a_child_run_and_resumes_from_two_processes(
-    tracking_server, optuna_storage, tmp_path
+    tracking_server, optuna_storage, tmp_path, monkeypatch
 ):
     from mlflow.tracking import MlflowClient
 
@@ -108,7 +111,8 @@ def test_a_sweep_tracks_every_trial_as_a_child_run_and_resumes_from_two_processe
     states = {number: trial.state.name for number, trial in trials.items()}
     assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE", 3: "PRUNED", 4: "FAIL", 5: "COMPLETE"}, output
 
-    os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, env[name])
     client = MlflowClient(tracking_server.url)
     parent_id = study.user_attrs["cvops.parent_run_id"]
     parent = client.get_run(parent_id)
@@ -156,6 +160,43 @@ def test_a_sweep_tracks_every_trial_as_a_child_run_and_resumes_from_two_processe
     trial_tags = sorted(int(run.data.tags["trial"]) for run in child_runs)
     assert trial_tags == numbers, outputs
     assert all(trial.state.is_finished() for trial in trials)
+
+
+def test_the_trials_of_a_dead_sweep_process_fail_when_the_next_one_starts(
+    tracking_server, optuna_storage, tmp_path, monkeypatch
+):
+    """A host dies mid-trial (sweep process and trial killed at once): its trial stops beating, and
+    the next `cvops sweep --resume` fails it in the study and its run, then carries on."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    study_name = f"dead-{uuid.uuid4().hex[:6]}"
+    spec = write_sweep(tmp_path, study_name, enqueued=[{"lr": 0.01, "behaviour": "hang"}], heartbeat_s=1)
+    env = sweep_env(tracking_server, tmp_path, optuna_storage)
+    dying = cvops("sweep", str(spec), env=env, cwd=tmp_path)
+    pid_file = tmp_path / "hang.pid"
+    deadline = time.monotonic() + 120
+    while not pid_file.exists():
+        assert time.monotonic() < deadline and dying.poll() is None, dying.communicate()[0]
+        time.sleep(0.2)
+    dying.kill()
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    dying.communicate()
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    assert study.trials[0].state.name == "RUNNING"
+
+    time.sleep(5)  # past 4 missed heartbeats
+    output = finished(cvops("sweep", "--resume", "--trials", "2", str(spec), env=env, cwd=tmp_path))
+    trials = optuna.load_study(study_name=study_name, storage=optuna_storage).get_trials()
+    assert [trial.state.name for trial in trials][:1] == ["FAIL"] and len(trials) == 2, output
+    assert trials[1].state.is_finished()
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, env[name])
+    dead_run = MlflowClient(tracking_server.url).get_run(trials[0].user_attrs["run_id"])
+    assert dead_run.info.status == "FAILED"
+    assert "stopped" in dead_run.data.tags["cvops.sweep_error"]
 
 
 def test_the_keras_callback_prunes_a_trial_worse_than_the_completed_ones(tracking_env, optuna_storage, monkeypatch):

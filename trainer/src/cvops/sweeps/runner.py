@@ -8,9 +8,16 @@ its code folder with the job's environment (the run to continue in ``MLFLOW_RUN_
 in ``CVOPS_TRIAL_*``, see :mod:`cvops.sweeps.trial`) -> ``study.tell()`` from how the run ended:
 the objective's last value (FINISHED), PRUNED (tag ``pruned``), FAIL (non-zero exit, killed, or
 the objective never logged).
+
+A sweep process records a heartbeat for its running trials every ``heartbeat_s``; the next
+``cvops sweep`` on the study fails the trials of a process that stopped beating for
+``STALE_AFTER_HEARTBEATS`` intervals (a dead host or a SIGKILL) and their runs, so they neither
+stay RUNNING nor hold the budget.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import signal
@@ -18,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -34,14 +42,51 @@ TRIAL_TAG = "trial"
 SWEEP_TAG = "sweep"
 BEST_VALUE_METRIC = "sweep/best_value"
 SWEEP_ERROR_TAG = "cvops.sweep_error"
+STALE_AFTER_HEARTBEATS = 4
 
 
 class SweepError(RuntimeError):
     """The sweep cannot start; the message says what to change."""
 
 
-def open_study(spec: SweepSpec, storage_url: str, *, create: bool, load: bool):
-    """The spec's study in ``storage_url``: created (``create``), loaded (``load``) or either."""
+def fail_run(tracking_uri: str, run_id: str, reason: str) -> None:
+    """End a trial's run FAILED with the reason as a tag, unless it already ended otherwise."""
+    from cvops.tracking.transport import Transport
+
+    transport = Transport(tracking_uri)
+    transport.log_batch(run_id, tags=[(SWEEP_ERROR_TAG, reason)])
+    if transport.get_run(run_id)["info"]["status"] in ("RUNNING", "FINISHED"):
+        transport.update_run(run_id, "FAILED", end_ms=int(time.time() * 1000))
+
+
+def fail_stale_trial_run(tracking_uri: str, _study, trial) -> None:
+    """Optuna failed ``trial``: its sweep process stopped beating. Its run fails too."""
+    print(f"[sweep] trial {trial.number} failed: the sweep process running it stopped", file=sys.stderr)
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    if run_id:
+        fail_run(tracking_uri, run_id, "the sweep process running this trial stopped (no heartbeat)")
+
+
+@contextlib.contextmanager
+def _optuna_experimental_allowed():
+    """Heartbeats and the matplotlib plots are marked experimental; saying so every sweep is noise."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def fail_stale_trials(study) -> None:
+    import optuna
+
+    with _optuna_experimental_allowed():
+        optuna.storages.fail_stale_trials(study)
+
+
+def open_study(spec: SweepSpec, storage_url: str, *, create: bool, load: bool, on_stale_trial=None):
+    """The spec's study in ``storage_url``: created (``create``), loaded (``load``) or either;
+    ``on_stale_trial(study, trial)`` runs for each trial :func:`fail_stale_trials` fails."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -50,7 +95,10 @@ def open_study(spec: SweepSpec, storage_url: str, *, create: bool, load: bool):
         if spec.sampler == "random"
         else optuna.samplers.TPESampler(seed=spec.seed)
     )
-    storage = optuna.storages.RDBStorage(storage_url)
+    storage = optuna.storages.RDBStorage(
+        storage_url, heartbeat_interval=spec.heartbeat_s, grace_period=spec.heartbeat_s * STALE_AFTER_HEARTBEATS,
+        heartbeat_stale_trial_callback=on_stale_trial,
+    )
     exists = spec.study in {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
     if exists and not load:
         raise SweepError(f"study {spec.study!r} already exists in the storage; continue it with --resume")
@@ -78,6 +126,7 @@ class _Sweep:
     parent_lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
     processes: set = field(default_factory=set)
+    running_trial_ids: set = field(default_factory=set)
 
     # ------------------------------------------------------------------ trials
     def next_trial(self):
@@ -89,7 +138,18 @@ class _Sweep:
             started = self.study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING))
             if len(started) >= self.budget:
                 return None
-            return self.study.ask(self.spec.distributions())
+            trial = self.study.ask(self.spec.distributions())
+            self.study._storage.record_heartbeat(trial._trial_id)
+            self.running_trial_ids.add(trial._trial_id)
+            return trial
+
+    def beat(self, done: threading.Event) -> None:
+        while not done.wait(self.spec.heartbeat_s):
+            for trial_id in list(self.running_trial_ids):
+                try:
+                    self.study._storage.record_heartbeat(trial_id)
+                except Exception as error:  # a database blip: the next beat retries
+                    print(f"[sweep] heartbeat not recorded: {error}", file=sys.stderr)
 
     def work(self, gpu_uuids: tuple[str, ...]) -> None:
         while (trial := self.next_trial()) is not None:
@@ -98,6 +158,8 @@ class _Sweep:
             except Exception as error:  # one broken trial must not end the others
                 print(f"[sweep] trial {trial.number} could not run: {error}", file=sys.stderr)
                 self.tell(trial.number, state="FAIL")
+            finally:
+                self.running_trial_ids.discard(trial._trial_id)
 
     def run_trial(self, trial, gpu_uuids: tuple[str, ...]) -> None:
         from cvops.jobs.docker_backend import precreate_run
@@ -162,8 +224,7 @@ class _Sweep:
             self.tell(number, state="FAIL")
         elif objective not in metrics:
             message = f"the run ended without logging the objective metric {objective!r}"
-            transport.log_batch(run_id, tags=[(SWEEP_ERROR_TAG, message)])
-            transport.update_run(run_id, "FAILED")
+            fail_run(self.tracking_uri, run_id, message)
             print(f"[sweep] trial {number}: {message}; counted as failed", file=self.out)
             self.tell(number, state="FAIL")
         else:
@@ -211,7 +272,10 @@ def _param_text(value: Any) -> str:
 def _log_plots(study, parent) -> None:
     """Optuna's optimisation history and parameter importances as PNG artifacts of the parent."""
     import matplotlib
+    from optuna.trial import TrialState
 
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as plots
@@ -219,7 +283,8 @@ def _log_plots(study, parent) -> None:
     for name, plot in (("optimization_history", plots.plot_optimization_history),
                        ("param_importances", plots.plot_param_importances)):
         try:
-            axes = plot(study)
+            with _optuna_experimental_allowed():
+                axes = plot(study)
         except Exception as error:  # e.g. importances need two completed trials
             print(f"[sweep] no {name} plot: {error}", file=sys.stderr)
             continue
@@ -255,7 +320,11 @@ def run_sweep(spec: SweepSpec, *, resume: bool, budget: int | None, out: TextIO 
     check_host_paths(job)
     gpu_groups = _gpu_groups(spec)
     storage_url = spec.storage_url(os.environ)
-    study, created = open_study(spec, storage_url, create=True, load=resume)
+    study, created = open_study(
+        spec, storage_url, create=True, load=resume,
+        on_stale_trial=functools.partial(fail_stale_trial_run, settings.tracking_uri),
+    )
+    fail_stale_trials(study)
     parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     parent = cvops.start_run(
         experiment=job.experiment, run_name=f"sweep-{spec.study}", tags={SWEEP_TAG: spec.study},
@@ -279,6 +348,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool, budget: int | None, out: TextIO 
     sweep = _Sweep(spec, job, study, storage_url, settings.tracking_uri, parent,
                    Provenance(git_commit=commit, git_dirty=dirty), budget or spec.trials, out)
     workers = [threading.Thread(target=sweep.work, args=(group,), daemon=True) for group in gpu_groups]
+    done_beating = threading.Event()
+    threading.Thread(target=sweep.beat, args=(done_beating,), daemon=True).start()
     status = "FINISHED"
     try:
         for worker in workers:
@@ -293,6 +364,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool, budget: int | None, out: TextIO 
         for worker in workers:
             worker.join()
         status = "KILLED"
+    done_beating.set()
     _log_plots(study, parent)
     parent.end(status)
     return 0 if status == "FINISHED" else 130

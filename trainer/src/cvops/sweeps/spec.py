@@ -148,6 +148,9 @@ class SweepSpec(_Strict):
         default_factory=list, description="parameter sets tried first (known-good configs), in order"
     )
     storage: str | None = Field(default=None, description=f"Optuna RDB URL; {STORAGE_ENV} overrides it")
+    heartbeat_s: int = Field(
+        default=30, ge=1, description="how often a sweep process marks its running trials alive in the study"
+    )
     source_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("pruner", mode="before")
