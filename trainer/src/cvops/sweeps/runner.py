@@ -16,7 +16,6 @@ stay RUNNING nor hold the budget.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -67,29 +66,23 @@ def fail_stale_trial_run(tracking_uri: str, _study, trial) -> None:
         fail_run(tracking_uri, run_id, "the sweep process running this trial stopped (no heartbeat)")
 
 
-@contextlib.contextmanager
-def _optuna_experimental_allowed():
-    """Heartbeats and the matplotlib plots are marked experimental; saying so every sweep is noise."""
+def _quiet_optuna() -> None:
+    """For the `cvops sweep` process: heartbeats and the matplotlib plots are experimental, and
+    heartbeats outside ``study.optimize`` (our ask/tell loop beats itself) get a warning: noise at
+    every sweep. Process-wide, since ``warnings.catch_warnings`` is not safe across the workers."""
     import optuna
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
-
-
-def fail_stale_trials(study) -> None:
-    import optuna
-
-    with _optuna_experimental_allowed():
-        optuna.storages.fail_stale_trials(study)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def open_study(spec: SweepSpec, storage_url: str, *, create: bool, load: bool, on_stale_trial=None):
     """The spec's study in ``storage_url``: created (``create``), loaded (``load``) or either;
-    ``on_stale_trial(study, trial)`` runs for each trial :func:`fail_stale_trials` fails."""
+    ``on_stale_trial(study, trial)`` runs for each trial ``optuna.storages.fail_stale_trials`` fails."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_optuna()
     sampler = (
         optuna.samplers.RandomSampler(seed=spec.seed)
         if spec.sampler == "random"
@@ -283,8 +276,7 @@ def _log_plots(study, parent) -> None:
     for name, plot in (("optimization_history", plots.plot_optimization_history),
                        ("param_importances", plots.plot_param_importances)):
         try:
-            with _optuna_experimental_allowed():
-                axes = plot(study)
+            axes = plot(study)
         except Exception as error:  # e.g. importances need two completed trials
             print(f"[sweep] no {name} plot: {error}", file=sys.stderr)
             continue
@@ -310,6 +302,8 @@ def _gpu_groups(spec: SweepSpec) -> list[tuple[str, ...]]:
 
 
 def run_sweep(spec: SweepSpec, *, resume: bool, budget: int | None, out: TextIO = sys.stdout) -> int:
+    import optuna
+
     import cvops
     from cvops.config import load_settings
 
@@ -324,7 +318,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool, budget: int | None, out: TextIO 
         spec, storage_url, create=True, load=resume,
         on_stale_trial=functools.partial(fail_stale_trial_run, settings.tracking_uri),
     )
-    fail_stale_trials(study)
+    optuna.storages.fail_stale_trials(study)
     parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     parent = cvops.start_run(
         experiment=job.experiment, run_name=f"sweep-{spec.study}", tags={SWEEP_TAG: spec.study},
