@@ -92,16 +92,29 @@ def open_study(spec: SweepSpec, storage_url: str, *, create: bool, load: bool, o
         storage_url, heartbeat_interval=spec.heartbeat_s, grace_period=spec.heartbeat_s * STALE_AFTER_HEARTBEATS,
         heartbeat_stale_trial_callback=on_stale_trial,
     )
-    exists = spec.study in {summary.study_name for summary in optuna.get_all_study_summaries(storage)}
-    if exists and not load:
-        raise SweepError(f"study {spec.study!r} already exists in the storage; continue it with --resume")
-    if not exists and not create:
-        raise SweepError(f"no study {spec.study!r} in the storage; start it with `cvops sweep` first")
-    study = optuna.create_study(
-        study_name=spec.study, storage=storage, sampler=sampler, pruner=spec.pruner.build(),
-        direction=spec.objective.direction, load_if_exists=True,
-    )
-    return study, not exists
+    options = {"study_name": spec.study, "storage": storage, "sampler": sampler, "pruner": spec.pruner.build()}
+    if create:
+        # Creating is the test of existence: of two processes starting at once, exactly one creates.
+        try:
+            return optuna.create_study(direction=spec.objective.direction, **options), True
+        except optuna.exceptions.DuplicatedStudyError:
+            if not load:
+                raise SweepError(f"study {spec.study!r} already exists in the storage; continue it with --resume") from None
+    try:
+        return optuna.load_study(**options), False
+    except KeyError:
+        raise SweepError(f"no study {spec.study!r} in the storage; start it with `cvops sweep` first") from None
+
+
+def _parent_run_id(study, timeout_s: float = 60) -> str:
+    """The sweep's run, which the process that created the study records just after creating it."""
+    deadline = time.monotonic() + timeout_s
+    while (run_id := study.user_attrs.get(PARENT_RUN_ATTR)) is None:
+        if time.monotonic() > deadline:
+            raise SweepError(f"study {study.study_name!r} has no sweep run recorded; was its first `cvops sweep` "
+                             "stopped while starting? Start the sweep under a new study name")
+        time.sleep(0.5)
+    return run_id
 
 
 @dataclass
@@ -319,7 +332,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool, budget: int | None, out: TextIO 
         on_stale_trial=functools.partial(fail_stale_trial_run, settings.tracking_uri),
     )
     optuna.storages.fail_stale_trials(study)
-    parent_run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    parent_run_id = None if created else _parent_run_id(study)
     parent = cvops.start_run(
         experiment=job.experiment, run_name=f"sweep-{spec.study}", tags={SWEEP_TAG: spec.study},
         resume_run_id=parent_run_id, settings=settings,
