@@ -172,8 +172,7 @@ class _Sweep:
         from cvops.tracking.transport import Transport
 
         name = f"{self.spec.study}-trial-{trial.number}"
-        experiment_id, run_id = precreate_run(self.tracking_uri, self.job.model_copy(update={"run_name": name}),
-                                              self.provenance)
+        _, run_id = precreate_run(self.tracking_uri, self.job.model_copy(update={"run_name": name}), self.provenance)
         trial.set_user_attr(RUN_ID_ATTR, run_id)
         transport = Transport(self.tracking_uri)
         transport.log_batch(
@@ -219,11 +218,13 @@ class _Sweep:
         return 128 - returncode if returncode < 0 else returncode
 
     def tell_from_run(self, number: int, transport, run_id: str, exit_code: int) -> None:
+        from cvops.tracking.names import sanitize_metric_name
+
         run = transport.get_run(run_id)
         status = run["info"]["status"]
         tags = {tag["key"]: tag.get("value") for tag in run.get("data", {}).get("tags", [])}
         metrics = {metric["key"]: metric["value"] for metric in run.get("data", {}).get("metrics", [])}
-        objective = self.spec.objective.metric
+        objective = sanitize_metric_name(self.spec.objective.metric)  # as the trial's SDK logged it
         if tags.get(trial_env.PRUNED_TAG) == "true":
             self.tell(number, state="PRUNED")
         elif exit_code != 0 or status != "FINISHED":
