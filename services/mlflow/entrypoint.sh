@@ -3,7 +3,7 @@
 # same start-up path as the container).
 #
 #   entrypoint.sh serve             (default) validate config, then exec gunicorn on MLflow's app
-#   entrypoint.sh migrate           create the auth database if missing, upgrade both schemas (idempotent)
+#   entrypoint.sh migrate           create the auth (and sweeps) database if missing, upgrade the schemas (idempotent)
 #   entrypoint.sh secrets           the compose stack's secrets volume: keep what it holds, take values
 #                                   set in the environment (.env), generate the rest (as root)
 #   entrypoint.sh secrets-export DIR / secrets-import DIR   copy the volume out/in (backup, restore)
@@ -154,6 +154,7 @@ read_secret_files() {
             | "$PYTHON" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.stdin.read(), safe=""))')
         add_database_password MLFLOW_BACKEND_STORE_URI "$quoted"
         add_database_password MLFLOW_AUTH_DATABASE_URI "$quoted"
+        add_database_password CVOPS_SWEEP_DATABASE_URI "$quoted"
         unset POSTGRES_PASSWORD
     fi
 }
@@ -204,6 +205,7 @@ migrate() {
     refuse_on_problems
     local schemas=(tracking)
     if auth_enabled; then schemas+=(auth); fi
+    if [ -n "${CVOPS_SWEEP_DATABASE_URI:-}" ]; then schemas+=(sweeps); fi
     # One Python process (each step used to import MLflow in its own); the database URIs are
     # read from the environment, which keeps their passwords out of the process list.
     "$PYTHON" "$HERE/server_setup.py" migrate "${schemas[@]}"

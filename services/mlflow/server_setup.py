@@ -124,10 +124,12 @@ def upgrade_auth_schema(uri: str) -> None:
     upgrade.callback(uri, "head")  # `python -m mlflow.server.auth db upgrade --url URI`
 
 
-# schema -> the variable naming its database, and its upgrade.
+# schema -> the variable naming its database, and its upgrade. The sweeps' database (Optuna's
+# studies, `cvops sweep`) only needs to exist: Optuna creates and upgrades its own tables.
 SCHEMAS = {
     "tracking": ("MLFLOW_BACKEND_STORE_URI", upgrade_tracking_schema),
     "auth": ("MLFLOW_AUTH_DATABASE_URI", upgrade_auth_schema),
+    "sweeps": ("CVOPS_SWEEP_DATABASE_URI", None),
 }
 
 
@@ -143,8 +145,10 @@ def migrate(*schemas: str) -> None:
     wait_for_database(next(iter(uris.values())))
     for schema, uri in uris.items():
         create_database(uri)
-        say(f"upgrading the {schema} schema")
-        SCHEMAS[schema][1](uri)
+        upgrade = SCHEMAS[schema][1]
+        if upgrade:
+            say(f"upgrading the {schema} schema")
+            upgrade(uri)
     say("migrations done")
 
 

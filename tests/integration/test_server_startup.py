@@ -56,6 +56,31 @@ def test_migrate_is_idempotent(tracking_server):
     assert "migrations done" in result.stderr
 
 
+def test_migrate_creates_the_sweeps_database_with_the_password_from_postgres_password(
+    tracking_server_factory, postgres
+):
+    """The compose file names the sweeps' database without a password, like the other two; the
+    entrypoint adds POSTGRES_PASSWORD to it, and Optuna can then keep studies there."""
+    import uuid
+
+    server = tracking_server_factory(start=False)
+    sweeps_db = f"optuna_{uuid.uuid4().hex[:8]}"
+
+    def without_password(dbname: str) -> str:
+        return f"postgresql+psycopg2://{postgres.user}@{postgres.host}:{postgres.port}/{dbname}"
+
+    uris = {"MLFLOW_BACKEND_STORE_URI": without_password(server.backend_db),
+            "MLFLOW_AUTH_DATABASE_URI": without_password(server.auth_db),
+            "CVOPS_SWEEP_DATABASE_URI": without_password(sweeps_db)}
+    for attempt in ("creates", "finds"):
+        result = server.run_entrypoint("migrate", POSTGRES_PASSWORD=postgres.password, **uris)
+        assert result.returncode == 0, result.stderr
+        assert ("created database " + sweeps_db in result.stderr) == (attempt == "creates"), result.stderr
+    optuna = pytest.importorskip("optuna")
+    optuna.create_study(study_name="first", storage=postgres.url(sweeps_db))
+    assert [summary.study_name for summary in optuna.get_all_study_summaries(postgres.url(sweeps_db))] == ["first"]
+
+
 def test_the_database_password_stays_out_of_the_process_list(tracking_server, postgres):
     """Anyone who can list processes in the container (ps, /proc) must not read the database login."""
     server_pids = [tracking_server._proc.pid, *_descendants(tracking_server._proc.pid)]

@@ -5,7 +5,7 @@ import sys
 
 from cvops.cli import build_parser
 
-COMMANDS = {"sync", "submit", "ps", "logs", "stop", "train", "doctor", "tfod"}
+COMMANDS = {"sync", "submit", "ps", "logs", "stop", "train", "sweep", "doctor", "tfod"}
 
 
 def _python(code_or_args: list[str]) -> str:
@@ -25,9 +25,19 @@ def test_the_tfod_command_takes_model_main_s_flags_and_passes_the_rest_through()
     assert str(args.model_dir) == "out" and args.model_main_args[-1] == "--num_train_steps=25"
 
 
+def test_the_sweep_command_takes_a_spec_or_status_and_a_spec(capsys):
+    from cvops.cli import main
+
+    assert main(["sweep", "status"]) == 2
+    assert main(["sweep", "one.yaml", "two.yaml"]) == 2
+    assert "usage: cvops sweep" in capsys.readouterr().err
+    assert main(["sweep", "status", "missing.yaml"]) == 2
+    assert "missing.yaml: 1 problem(s) in the sweep spec" in capsys.readouterr().err
+
+
 def test_building_the_parser_imports_no_framework():
-    code = ("import sys; from cvops.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in ('tensorflow', 'torch', 'detectron2', 'keras') if m in sys.modules))")
+    code = ("import sys, cvops, cvops.sweeps; from cvops.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('tensorflow', 'torch', 'detectron2', 'keras', 'optuna') if m in sys.modules))")
     assert _python(["-c", code]).strip() == "[]"
 
 

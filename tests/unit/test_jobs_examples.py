@@ -75,3 +75,16 @@ def test_example_jobs_run_their_script_from_the_mounted_code(framework):
     assert job["code"] == "." and job["command"][1] == "train.py"
     assert (EXAMPLES / framework / "train.py").is_file()
     assert job["image"].startswith(f"cvops/trainer-{framework}:")
+
+
+def test_the_keras_sweep_varies_what_its_training_script_reads():
+    from cvops.sweeps.spec import load_sweep_spec, template_job
+
+    spec = load_sweep_spec(EXAMPLES / "keras" / "sweep.yaml")
+    job = template_job(spec)
+    assert (job.job_dir / job.command[1]).is_file()
+    data = job.command[job.command.index("--data") + 1]
+    assert (job.job_dir / data).resolve() == (EXAMPLES / "data" / "shapes").resolve()
+    script = (job.job_dir / job.command[1]).read_text()
+    for name in spec.search_space:
+        assert f'"{name}": args.' in script, f"train.py does not take {name} from cvops.sweeps.trial_params()"

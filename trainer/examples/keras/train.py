@@ -82,15 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--model-name", default="shapes-keras", help="registered model name")
+    parser.add_argument("--model-name", default="shapes-keras", help="registered model name (empty: not registered)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     import keras
 
     import cvops
+    import cvops.sweeps
     from cvops.evaluation import Detections, evaluate_detections
     from cvops.integrations.keras import CvopsCallback
+
+    # As a trial of `cvops sweep` (sweep.yaml), the trial's values replace these flags.
+    params = cvops.sweeps.trial_params({"learning_rate": args.learning_rate, "batch_size": args.batch_size})
 
     keras.utils.set_random_seed(args.seed)
     train_x, train_y, train_boxes, class_names = load_split(args.data, "train")
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     size = train_x.shape[1]
     model = build_model(size, len(class_names))
     model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
+        optimizer=keras.optimizers.Adam(params["learning_rate"]),
         loss={"class": "sparse_categorical_crossentropy", "box": "huber"},
         # Box errors are fractions of the image (small numbers): weight them up against the class loss.
         loss_weights={"class": 1.0, "box": 20.0},
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         callback = CvopsCallback(
             run,
             log_every_n_steps=5,
-            registered_model_name=args.model_name,
+            registered_model_name=args.model_name or None,
             sample_images=val_x[:4],
             decode_predictions=decoder(size),
             class_names=class_names,
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             {"class": train_y, "box": train_boxes},
             validation_data=(val_x, {"class": val_y, "box": val_boxes}),
             epochs=args.epochs,
-            batch_size=args.batch_size,
+            batch_size=params["batch_size"],
             callbacks=[callback],
             verbose=2,
         )

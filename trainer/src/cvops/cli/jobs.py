@@ -117,10 +117,9 @@ def _ps(args: argparse.Namespace) -> int:
         rows = job_rows(docker_client(), args.all)
     except SubmitError as error:
         return _fail(error)
-    columns = ("RUN", "JOB", "FRAMEWORK", "STATUS", "GPUS", "CREATED", "CONTAINER")
-    widths = {c: max([len(c), *(len(row[c]) for row in rows)]) for c in columns}
-    for row in [dict(zip(columns, columns)), *rows]:
-        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+    from cvops.cli.table import print_table
+
+    print_table(rows, ("RUN", "JOB", "FRAMEWORK", "STATUS", "GPUS", "CREATED", "CONTAINER"), sys.stdout)
     return 0
 
 

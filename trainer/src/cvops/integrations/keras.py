@@ -10,7 +10,9 @@ epoch index, as Keras' History and MLflow autolog do), ``batch/<metric>`` every
 ``log_every_n_steps`` optimizer steps (step = the true global step, continuing across fits and
 resumed optimizers), per-epoch sample predictions drawn with boxes for detection models, an
 optional end-of-training evaluation (COCO-style AP, PR curves, confusion matrix, latency) and
-the trained model with signature and input example, registered.
+the trained model with signature and input example, registered. As a trial of ``cvops sweep``
+it reports the sweep's objective (a validation metric) every epoch and stops training when the
+trial is pruned.
 
 MLflow autolog coexistence: ``mlflow.tensorflow.autolog``/``mlflow.keras.autolog`` inject their
 own callback into ``fit``. With ``autolog="disable"`` (default) the callback turns those
@@ -29,6 +31,7 @@ from cvops import evaluation
 from cvops.evaluation import Detections
 from cvops.integrations import _pyfunc
 from cvops.integrations._common import never_raises, require
+from cvops.sweeps.trial import report_intermediate
 
 keras = require("keras", extra="keras")
 log = logging.getLogger(__name__)
@@ -124,6 +127,7 @@ class CvopsCallback(keras.callbacks.Callback):
         self._global_step = 0
         self._steps_before_epoch = 0
         self._last_batch = -1
+        self._pruned = False  # by the sweep this fit is a trial of
 
     @never_raises
     def on_train_begin(self, logs=None) -> None:
@@ -175,6 +179,9 @@ class CvopsCallback(keras.callbacks.Callback):
             self.run.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=epoch)
         if self.sample_images is not None:
             self._log_samples(epoch)
+        if report_intermediate(self.run, {key: _as_float(value) for key, value in (logs or {}).items()}, epoch):
+            self._pruned = True
+            self.model.stop_training = True  # the run has ended KILLED
 
     def _predict(self, images: np.ndarray) -> Any:
         outputs = self.model(images, training=False)
@@ -190,6 +197,8 @@ class CvopsCallback(keras.callbacks.Callback):
 
     @never_raises
     def on_train_end(self, logs=None) -> None:
+        if self._pruned:
+            return  # a pruned trial's model is not worth evaluating or registering
         if self.evaluation_data is not None:
             self._evaluate()
         if self.registered_model_name and not self._defer_to_autolog:

@@ -50,10 +50,12 @@ _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 class JobSpecError(ValueError):
     """The job file cannot be used; ``problems`` lists ``(field path, message)`` pairs."""
 
+    kind = "job spec"
+
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {len(problems)} problem(s) in the job spec:"]
+        lines = [f"{source}: {len(problems)} problem(s) in the {self.kind}:"]
         lines += [f"  {where}: {message}" if where else f"  {message}" for where, message in problems]
         super().__init__("\n".join(lines))
 
@@ -303,18 +305,22 @@ def parse_job_spec(data: Any, *, source_file: Path | None = None) -> JobSpec:
     return _resolve_paths(spec.model_copy(update={"source_file": source_file}), source_file.parent)
 
 
-def load_job_spec(path: str | Path) -> JobSpec:
+def read_spec_file(path: Path, error: type[JobSpecError] = JobSpecError) -> Any:
+    """The parsed YAML of a spec file; unreadable or invalid YAML raises ``error``."""
     import yaml
 
-    path = Path(path).expanduser().resolve()
     try:
         text = path.read_text()
-    except OSError as error:
-        raise JobSpecError(str(path), [("", f"cannot read the file: {error.strerror}")]) from None
+    except OSError as problem:
+        raise error(str(path), [("", f"cannot read the file: {problem.strerror}")]) from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise JobSpecError(str(path), [(where, f"not valid YAML: {getattr(error, 'problem', error)}")]) from None
-    return parse_job_spec(data, source_file=path)
+        raise error(str(path), [(where, f"not valid YAML: {getattr(problem, 'problem', problem)}")]) from None
+
+
+def load_job_spec(path: str | Path) -> JobSpec:
+    path = Path(path).expanduser().resolve()
+    return parse_job_spec(read_spec_file(path), source_file=path)
