@@ -162,8 +162,8 @@ def test_experiments_get_no_user_supplied_artifact_location(tracking_server, tea
     """Found by attack (issue 16): experiments/create took any artifact_location, so runs of a new
     experiment could write into, and read from, another user's folder or the server's file system.
     On a team server the server assigns every location (mlflow-artifacts:/<experiment id>). The
-    fragment and params forms are those of CVE-2024-1483, CVE-2024-3848 and CVE-2024-1593, which
-    MLflow refuses itself."""
+    fragment form is that of CVE-2024-1483 and CVE-2024-3848, which MLflow 3.17.2 refuses itself;
+    the ';' form (the separator of CVE-2024-1593) it accepted, as every other form here."""
     member1, member2 = team
     location = location.format(other=member2.experiment_id, run=member2.run_id, bucket=s3.bucket,
                                destination=store_key(tracking_server, "").rstrip("/"))
