@@ -186,6 +186,23 @@ def test_experiments_without_a_location_get_the_server_s(tracking_server, team):
     assert experiment["artifact_location"] == f"mlflow-artifacts:/{experiment_id}"
 
 
+def test_the_ui_s_ajax_routes_refuse_alike(tracking_server, team, s3):
+    """The UI calls the same handlers under /ajax-api: the refusals hold there too."""
+    member1, member2 = team
+    ajax = "/ajax-api/2.0/mlflow"
+    located = call(tracking_server, "POST", f"{ajax}/experiments/create", member1.auth,
+                   json={"name": f"located-{uuid.uuid4().hex[:8]}", "artifact_location": "file:///etc"})
+    assert_refused(located, 400, error_code="INVALID_PARAMETER_VALUE")
+    name = new_registered_model(tracking_server, member1.auth)
+    registered = call(tracking_server, "POST", f"{ajax}/model-versions/create", member1.auth, json={
+        "name": name, "source": f"s3://{s3.bucket}/{store_key(tracking_server, member2.artifact_root)}"})
+    assert_refused(registered, 403, error_code="PERMISSION_DENIED")
+    status, body = proxy_attempt(tracking_server, tracking_server.admin_auth, "upload",
+                                 fill(NON_CANONICAL["backslash-traversal"], member1, member2),
+                                 proxy=PROXY.replace("/api/", "/ajax-api/"))
+    assert status == 400, body
+
+
 # --------------------------------------------------------------------------- paths through the artifact proxy
 
 
@@ -195,14 +212,14 @@ def stored_keys(server, s3) -> set[str]:
     return {item["Key"] for page in pages for item in page.get("Contents", [])}
 
 
-def proxy_attempt(server, auth, operation, raw_path):
+def proxy_attempt(server, auth, operation, raw_path, proxy=PROXY):
     """The proxy route of ``operation`` with ``raw_path`` sent byte for byte: requests (urllib3)
     would resolve ``..`` segments itself, so the attempt goes out through http.client."""
     if operation == "list":
-        method, target = "GET", f"{PROXY}?path={raw_path}"
+        method, target = "GET", f"{proxy}?path={raw_path}"
     else:
         method = {"upload": "PUT", "download": "GET", "delete": "DELETE"}[operation]
-        target = f"{PROXY}/{raw_path}"
+        target = f"{proxy}/{raw_path}"
     body = b"planted" if operation == "upload" else None
     credentials = base64.b64encode(":".join(auth).encode()).decode()
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
