@@ -343,3 +343,79 @@ def test_artifact_store_errors_name_no_bucket_key_or_endpoint(broken_store_serve
     assert answered in expected.items(), f"{response.status_code} {response.text[:500]}"
     for secret in hidden:
         assert secret not in response.text
+
+
+# --------------------------------------------------------------------------- who may call what
+
+
+# Every kind of route the server exposes, with a request that would succeed for the admin.
+ROUTES = {
+    "rest": ("GET", "/api/2.0/mlflow/experiments/search?max_results=1", None),
+    "ajax": ("GET", "/ajax-api/2.0/mlflow/experiments/search?max_results=1", None),
+    "graphql": ("POST", "/graphql", {"query": "query { __typename }"}),
+    "run-artifact": ("GET", "/get-artifact?run_id=0&path=x", None),
+    "model-version-artifact": ("GET", "/model-versions/get-artifact?name=x&version=1&path=x", None),
+    "proxy-list": ("GET", f"{PROXY}?path=", None),
+    "proxy-upload": ("PUT", f"{PROXY}/0/planted.txt", None),
+    "metrics": ("GET", "/metrics", None),
+    "ui": ("GET", "/", None),
+    "signup-page": ("GET", "/signup", None),
+    "users-create": ("POST", "/api/2.0/mlflow/users/create", {"username": "intruder", "password": "long-enough-password"}),
+}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_anonymous_callers_are_refused_on_every_route(tracking_server, s3, route):
+    """No route but /health, /ready, /server-info and the UI's static files answers without a login."""
+    method, path, body = ROUTES[route]
+    before = stored_keys(tracking_server, s3)
+    response = requests.request(method, f"{tracking_server.url}{path}", json=body, timeout=30)
+    assert response.status_code == 401, f"{response.status_code} {response.text[:300]}"
+    assert stored_keys(tracking_server, s3) == before
+
+
+@pytest.mark.parametrize("route", ["signup-page", "users-create"])
+def test_user_management_refuses_members(tracking_server, team, route):
+    method, path, body = ROUTES[route]
+    response = call(tracking_server, method, path, team[0].auth, json=body)
+    assert response.status_code == 403, f"{response.status_code} {response.text[:300]}"
+
+
+def test_the_public_server_info_names_nothing_private(tracking_server, s3, postgres):
+    """MLflow serves /server-info without a login, by design (clients read its capabilities
+    first): it must carry no name of the store, the database or an account."""
+    response = requests.get(f"{tracking_server.url}/api/3.0/mlflow/server-info", timeout=30)
+    assert response.status_code == 200
+    for private in (s3.bucket, s3.endpoint_url, s3.access_key, tracking_server.artifacts_destination,
+                    str(postgres.port), tracking_server.admin_username, tracking_server.backend_db):
+        assert private not in response.text
+
+
+def test_under_a_restrictive_default_members_see_nothing_of_each_other(tracking_server_factory):
+    """MLFLOW_AUTH_DEFAULT_PERMISSION=NO_PERMISSIONS: another member's experiment, run and files
+    are refused on every read and write route, and left out of searches."""
+    server = tracking_server_factory(MLFLOW_AUTH_DEFAULT_PERMISSION="NO_PERMISSIONS")
+    try:
+        accounts = server.create_users("member1", "member2")
+        member1, member2 = Member(server, accounts["member1"]), Member(server, accounts["member2"])
+        ok(call(server, "PUT", f"{PROXY}/{member2.artifact_root}/notes.txt", member2.auth, data=SECRET))
+        attempts = {
+            "experiment": ("GET", f"{API}/experiments/get", {"params": {"experiment_id": member2.experiment_id}}),
+            "run": ("GET", f"{API}/runs/get", {"params": {"run_id": member2.run_id}}),
+            "log-metric": ("POST", f"{API}/runs/log-metric", {"json": {
+                "run_id": member2.run_id, "key": "loss", "value": 1.0, "timestamp": 0, "step": 0}}),
+            "artifact": ("GET", f"{PROXY}/{member2.artifact_root}/notes.txt", {}),
+            "run-artifact": ("GET", "/get-artifact", {"params": {"run_id": member2.run_id, "path": "notes.txt"}}),
+            "delete-experiment": ("POST", f"{API}/experiments/delete", {"json": {"experiment_id": member2.experiment_id}}),
+        }
+        answers = {name: call(server, method, path, member1.auth, **kwargs).status_code
+                   for name, (method, path, kwargs) in attempts.items()}
+        assert answers == dict.fromkeys(attempts, 403)
+        searched = ok(call(server, "POST", f"{API}/experiments/search", member1.auth, json={"max_results": 100}))
+        assert member2.experiment_id not in {e["experiment_id"] for e in searched["experiments"]}
+        runs = ok(call(server, "POST", f"{API}/runs/search", member1.auth,
+                       json={"experiment_ids": [member2.experiment_id]}))
+        assert runs.get("runs", []) == []
+        assert call(server, "GET", f"{PROXY}/{member2.artifact_root}/notes.txt", member2.auth).content == SECRET
+    finally:
+        server.stop()
