@@ -31,8 +31,11 @@ whether the caller may read something: admins may read everything.
   since been denied, serve nothing the caller could not read directly. A refusal is 403
   ``PERMISSION_DENIED``, whether the run is denied or does not exist, so that the answer tells
   nothing about which ids exist.
+* **A request body nested too deeply is invalid JSON**: MLflow's 400, where the RecursionError of
+  Python's parser escaped as Flask's HTML 500.
 """
 
+import functools
 import re
 import urllib.parse
 
@@ -205,10 +208,26 @@ def refuse_hostile_request(store: ArtifactStore) -> None:
         store.check_version_source(files, "This model version's files are not in a run or logged model you may read")
 
 
+def _refusing_deep_nesting(loads):
+    """``loads`` (the app's JSON reader) with a body nested deeper than Python's recursion limit
+    read as invalid JSON: a ValueError, which MLflow answers with its JSON 400, instead of a
+    RecursionError that escapes every handler as Flask's HTML 500."""
+
+    @functools.wraps(loads)
+    def loads_within_depth(s, **kwargs):
+        try:
+            return loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+    return loads_within_depth
+
+
 def install(app, auth, destination: str) -> None:
     """Add the hook to ``app``, after basic-auth's (``auth``: MLflow's auth module, or None)."""
     from mlflow.server.handlers import catch_mlflow_exception
 
+    app.json.loads = _refusing_deep_nesting(app.json.loads)
     store = ArtifactStore(destination, auth)
 
     @catch_mlflow_exception

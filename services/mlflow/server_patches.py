@@ -473,7 +473,7 @@ PATCHES = (
           at_stake="any user can register another user's run folder as a model version and read its files "
                    "with the server's S3 credentials, give an experiment any artifact location (another "
                    "user's folder, the server's file system), and send artifact paths spelled to escape the "
-                   "permission check (backslashes, './', '02/')"),
+                   "permission check (backslashes, './', '02/'); a deeply nested body is an HTML 500"),
     Patch("s3_artifact_repository", _install_s3_artifact_repository,
           touches=("mlflow.store.artifact.artifact_repository_registry:_artifact_repository_registry.register",
                    "mlflow.store.artifact.artifact_repo:StreamUploadMixin",

@@ -419,3 +419,43 @@ def test_under_a_restrictive_default_members_see_nothing_of_each_other(tracking_
         assert call(server, "GET", f"{PROXY}/{member2.artifact_root}/notes.txt", member2.auth).content == SECRET
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- malformed requests
+
+
+DEEP = 100_000
+MALFORMED = {
+    "wrong-type": ("/runs/log-metric", json.dumps({"run_id": 5, "key": ["loss"], "value": "high", "timestamp": 0})),
+    "invalid-utf8": ("/experiments/create", b'{"name": "caf\xe9-\xff"}'),
+    "not-json": ("/experiments/create", b"name=x&artifact_location=file:///etc"),
+    "deeply-nested": ("/experiments/create", '{"name": "x", "tags": ' + "[" * DEEP + "]" * DEEP + "}"),
+    "deeply-nested-source": ("/model-versions/create", '{"name": "x", "source": ' + "[" * DEEP + "]" * DEEP + "}"),
+    "deeply-nested-metric": ("/runs/log-metric", '{"key": ' + "[" * DEEP + "]" * DEEP + "}"),
+}
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED))
+def test_malformed_bodies_get_a_json_400(tracking_server, team, kind):
+    """Each is refused with MLflow's JSON error (400), never a 500 or Flask's HTML page, and the
+    server keeps answering. Found here: a body nested deeper than Python's recursion limit was
+    Flask's HTML 500."""
+    member1, _ = team
+    path, body = MALFORMED[kind]
+    response = call(tracking_server, "POST", f"{API}{path}", member1.auth, data=body,
+                    headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, f"{response.status_code} {response.text[:300]}"
+    assert response.json()["error_code"] in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")
+    assert call(tracking_server, "GET", f"{API}/experiments/get", member1.auth,
+                params={"experiment_id": member1.experiment_id}).status_code == 200
+
+
+def test_an_oversized_param_is_truncated_as_mlflow_does(tracking_server, team):
+    """MLflow keeps the first 6000 characters of a param value (its documented limit): a 1 MB
+    value is not stored whole."""
+    member1, _ = team
+    ok(call(tracking_server, "POST", f"{API}/runs/log-parameter", member1.auth,
+            json={"run_id": member1.run_id, "key": "oversized", "value": "x" * 1_000_000}))
+    params = ok(call(tracking_server, "GET", f"{API}/runs/get", member1.auth,
+                     params={"run_id": member1.run_id}))["run"]["data"]["params"]
+    assert {p["key"]: len(p["value"]) for p in params}["oversized"] == 6000
