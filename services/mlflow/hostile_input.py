@@ -113,7 +113,7 @@ class ArtifactStore:
 
     def __init__(self, destination: str, auth):
         parsed = urllib.parse.urlparse(destination)
-        self.bucket = parsed.netloc
+        self.bucket = parsed.netloc.lower()
         self.prefix = parsed.path.strip("/")
         self._auth = auth
 
@@ -128,7 +128,8 @@ class ArtifactStore:
             return parsed.path.removeprefix("/")
         if parsed.scheme in ("http", "https") and _PROXY_URL_PATH in parsed.path:
             return parsed.path.split(_PROXY_URL_PATH, 1)[1]
-        if parsed.scheme != "s3" or parsed.netloc != self.bucket:
+        # Bucket names are lower case, but some S3 servers match them without regard to case.
+        if parsed.scheme != "s3" or parsed.netloc.lower() != self.bucket:
             return None
         key = parsed.path.removeprefix("/")
         if not self.prefix:

@@ -81,7 +81,7 @@ def assert_refused(response, *statuses, error_code=None):
 # --------------------------------------------------------------------------- the registry
 
 
-@pytest.mark.parametrize("source_form", ["s3", "s3-with-own-run-id", "proxy-url-with-own-run-id"])
+@pytest.mark.parametrize("source_form", ["s3", "s3-with-own-run-id", "s3-upper-case-bucket", "proxy-url-with-own-run-id"])
 def test_a_denied_user_cannot_register_another_users_run_artifacts(tracking_server, team, s3, source_form):
     """Found by attack on the compose stack (issue 16): the source named member2's run folder in the
     server's bucket, the version was created (200) and model-versions/get-artifact then served the
@@ -93,7 +93,8 @@ def test_a_denied_user_cannot_register_another_users_run_artifacts(tracking_serv
     name = new_registered_model(tracking_server, member1.auth)
     request = {"name": name}
     if source_form.startswith("s3"):
-        request["source"] = f"s3://{s3.bucket}/{store_key(tracking_server, member2.artifact_root)}"
+        bucket = s3.bucket.upper() if source_form == "s3-upper-case-bucket" else s3.bucket
+        request["source"] = f"s3://{bucket}/{store_key(tracking_server, member2.artifact_root)}"
     else:
         request["source"] = f"{tracking_server.url}{PROXY}/{member2.artifact_root}"
     if source_form.endswith("own-run-id"):
