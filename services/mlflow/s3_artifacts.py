@@ -1,16 +1,27 @@
-"""The server's S3 artifact repository: proxied uploads streamed to S3, a missing object a 404.
+"""The server's S3 artifact repository: proxied uploads streamed to S3, a missing object a 404, no
+S3 detail in an error.
 
 Installed by server_patches.py (patch ``s3_artifact_repository``; why: its docstring, "Streamed
-uploads" and "A missing artifact is a 404"). A module of its own because it subclasses MLflow's
+uploads" and "A missing artifact is a 404"). Any other failure of the store (an unreachable
+endpoint, a missing bucket, refused credentials) reached clients with the bucket, the object's key
+or the endpoint in its message, or as Flask's HTML 500 page: it is now MLflow's JSON error naming
+only the operation, the path as the request gave it and S3's error code, TEMPORARILY_UNAVAILABLE
+(503) when the store cannot be reached, INTERNAL_ERROR (500) otherwise. The server log keeps the
+full error for the operator. A module of its own because it subclasses MLflow's
 classes at import, which server_patches.py must not do: it is imported where MLflow's names may
 have moved, and only imports this once the patch is verified for the installed MLflow.
 """
 
+import contextlib
+import functools
+import inspect
+import logging
 import posixpath
 
-from botocore.exceptions import ClientError
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import BotoCoreError, ClientError
 from mlflow import exceptions
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.store.artifact.artifact_repo import StreamUploadMixin
 from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
 
@@ -40,29 +51,80 @@ class ArtifactNotFound(exceptions.MlflowException):
         super().__init__(f"No artifact at '{path}'", error_code=RESOURCE_DOES_NOT_EXIST)
 
 
+class ArtifactStoreFailure(exceptions.MlflowException):
+    def __init__(self, operation, path, cause, error_code=INTERNAL_ERROR):
+        super().__init__(f"The artifact store failed to {operation} '{path or '.'}' ({cause}); the server log "
+                         "has the details", error_code=error_code)
+
+
+_logger = logging.getLogger("gunicorn.error")
+_OWN_ERRORS = (ArtifactNotFound, ArtifactStoreFailure)
+
+
+@contextlib.contextmanager
+def _store_errors(operation, path):
+    """S3's errors, and MLflow's messages built from them, as errors that name no bucket or key."""
+    try:
+        yield
+    except _OWN_ERRORS:
+        raise
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "unknown")
+        if code in _S3_NOT_FOUND_CODES:
+            raise ArtifactNotFound(path) from None
+        _logger.error("artifact store: %s %r failed: %s", operation, path, error)
+        raise ArtifactStoreFailure(operation, path, f"S3 error {code}") from None
+    except BotoCoreError as error:  # no answer from the endpoint: connection refused, timeouts
+        _logger.error("artifact store: %s %r failed: %s", operation, path, error)
+        raise ArtifactStoreFailure(operation, path, "unreachable", TEMPORARILY_UNAVAILABLE) from None
+    except (S3UploadFailedError, exceptions.MlflowException) as error:  # their messages name the bucket
+        _logger.error("artifact store: %s %r failed: %s", operation, path, error)
+        raise ArtifactStoreFailure(operation, path, type(error).__name__) from None
+
+
+def _reporting_store_errors(operation, path_argument):
+    def decorate(method):
+        signature = inspect.signature(method)
+
+        @functools.wraps(method)
+        def guarded(self, *args, **kwargs):
+            path = signature.bind(self, *args, **kwargs).arguments.get(path_argument)
+            with _store_errors(operation, path):
+                return method(self, *args, **kwargs)
+
+        return guarded
+
+    return decorate
+
+
 class ProxiedS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
     def download_artifacts(self, artifact_path, dst_path=None):
         try:
             return super().download_artifacts(artifact_path, dst_path)
         except exceptions.MlflowException as error:
-            # MLflow's message lists every failed file under the bucket's URI.
-            if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-                raise
-        raise ArtifactNotFound(artifact_path)
+            # MLflow's message lists every failed file under the bucket's URI; its code is that of
+            # the files' errors (those of _download_file below) when they agree.
+            if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise ArtifactNotFound(artifact_path) from None
+            _logger.error("artifact store: download %r failed: %s", artifact_path, error)
+            raise ArtifactStoreFailure("download", artifact_path, "see the server log",
+                                       ErrorCode.Value(error.error_code)) from None
 
     def _download_file(self, remote_file_path, local_path):
-        try:
+        with _store_errors("download", remote_file_path):
             super()._download_file(remote_file_path, local_path)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in _S3_NOT_FOUND_CODES:
-                raise ArtifactNotFound(remote_file_path) from None
-            raise
+
+    list_artifacts = _reporting_store_errors("list", "path")(S3ArtifactRepository.list_artifacts)
+    delete_artifacts = _reporting_store_errors("delete", "artifact_path")(S3ArtifactRepository.delete_artifacts)
+    log_artifact = _reporting_store_errors("upload", "artifact_path")(S3ArtifactRepository.log_artifact)
+    log_artifacts = _reporting_store_errors("upload", "artifact_path")(S3ArtifactRepository.log_artifacts)
 
     def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
         bucket, key = self.parse_s3_compliant_uri(self.artifact_uri)
         key = posixpath.join(key, artifact_path or "", posixpath.basename(artifact_file_name))
-        self._upload_file(s3_client=_UploadFromStream(self._get_s3_client(), stream),
-                          local_file=artifact_file_name, bucket=bucket, key=key)
+        with _store_errors("upload", posixpath.join(artifact_path or "", artifact_file_name)):
+            self._upload_file(s3_client=_UploadFromStream(self._get_s3_client(), stream),
+                              local_file=artifact_file_name, bucket=bucket, key=key)
 
     async def log_artifact_from_async_stream(self, chunks, artifact_file_name, artifact_path=None):
         # Only MLflow's FastAPI (uvicorn) artifact router calls this; cvops serves the Flask app.

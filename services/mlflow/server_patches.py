@@ -64,6 +64,8 @@ logged models the user may be denied, and finds none in runs that have none: 5â€
 of 10 typical runs (docs/performance.md), growing with the page (the UI asks for 100). An answer in
 which no logged model is named cannot need it, so only those that name one are checked.
 
+What a team server refuses that MLflow accepts (canonical artifact paths, no experiment artifact
+location chosen by the caller, model-version sources the caller may read): hostile_input.py.
 A run's user is the login that created it (servers with basic-auth), not the client's claim:
 run_attribution.py. The readiness probe /ready (both databases and the bucket): readiness.py. The UI's default view for
 new browsers: ui_defaults.py. Metric writes, run reads and searches in
@@ -400,6 +402,16 @@ def _install_ui_defaults(_auth):
     ui_defaults.install(app)
 
 
+def _install_hostile_input(auth):
+    import hostile_input
+    from mlflow.server import app, constants
+
+    missing = [endpoint for endpoint in hostile_input.ENDPOINTS if endpoint not in app.view_functions]
+    if missing:  # a renamed view would leave its route unchecked without a word
+        raise PatchNotApplicable(f"MLflow serves no endpoint named {', '.join(missing)}")
+    hostile_input.install(app, auth, os.environ[constants.ARTIFACTS_DESTINATION_ENV_VAR])
+
+
 def _install_tracking_store(_auth):
     import tracking_store
     from mlflow.server import handlers
@@ -451,6 +463,17 @@ PATCHES = (
                         for method in ("create_run", "set_tag", "delete_tag", "log_batch")),
           at_stake="a run's user is whatever the client claims (the OS user, 'trainer' in every job "
                    "container), so anyone logged in can create runs in a teammate's name"),
+    Patch("hostile_input", _install_hostile_input,
+          touches=("mlflow.server:app", "mlflow.server.constants:ARTIFACTS_DESTINATION_ENV_VAR",
+                   *(f"mlflow.server.handlers:{name}" for name in (
+                       "catch_mlflow_exception", "_get_request_message", "_get_tracking_store",
+                       "_get_model_registry_store")),
+                   *(f"{AUTH_MODULE}:{name}" for name in (
+                       "sender_is_admin", "_authorize_run_id", "_authorize_logged_model_id"))),
+          at_stake="any user can register another user's run folder as a model version and read its files "
+                   "with the server's S3 credentials, give an experiment any artifact location (another "
+                   "user's folder, the server's file system), and send artifact paths spelled to escape the "
+                   "permission check (backslashes, './', '02/'); a deeply nested body is an HTML 500"),
     Patch("s3_artifact_repository", _install_s3_artifact_repository,
           touches=("mlflow.store.artifact.artifact_repository_registry:_artifact_repository_registry.register",
                    "mlflow.store.artifact.artifact_repo:StreamUploadMixin",

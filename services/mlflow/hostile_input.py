@@ -1,0 +1,238 @@
+"""What a team server refuses that MLflow 3.17.2 accepts (issue 16, "Hostile input").
+
+Installed by server_patches.py (patch ``hostile_input``, required): one Flask before-request hook,
+added after basic-auth's, so that an anonymous caller still gets MLflow's 401 and a caller MLflow
+already refuses its 403. It applies to every caller, admins included, except where it asks
+whether the caller may read something: admins may read everything.
+
+* **Artifact paths are canonical.** MLflow's auth judges a proxied artifact path by its first
+  segment (the experiment id) while the store keeps, or a real S3 server normalises, another
+  spelling: ``./2/…`` and ``02/…`` were judged against the default permission instead of
+  experiment 2's, and backslashes went through as part of a key (``artifacts\\..\\..\\x``).
+  Every artifact path the server is given (the proxy's upload, download, listing and delete, and
+  the ``path`` of the run, model-version and logged-model artifact routes) is decoded as MLflow
+  decodes it and refused with 400 ``INVALID_PARAMETER_VALUE`` if it holds a backslash, a control
+  character, an empty, ``.`` or ``..`` segment, a leading ``/``, a name longer than 255 bytes or
+  more than 1024 bytes in all (S3's key limit), or, through the proxy, an experiment id with a
+  leading zero.
+* **Experiments get the server's artifact location.** experiments/create took any
+  ``artifact_location`` (another user's folder, ``file:///etc``, the bucket's other prefixes),
+  and the runs of such an experiment read and write there with the server's credentials.
+  A location given by the caller is refused: the server assigns ``mlflow-artifacts:/<id>``.
+* **A model version is backed by files its caller may read.** model-versions/create took a
+  source naming another user's run folder in the server's bucket (``s3://<bucket>/<prefix>/2/
+  <run>/artifacts``, no ``run_id``, or the caller's own ``run_id``), and
+  ``/model-versions/get-artifact`` then served those files with the server's S3 credentials.
+  Stock MLflow has the same hole. A source inside the server's artifact store (its
+  ``s3://bucket/prefix``, ``mlflow-artifacts:`` or the proxy's URL) must lie in the artifacts of a
+  run or logged model (found in the tracking store, not guessed from the path) that the caller
+  may read; anywhere else in the server's bucket is refused outright. The same check runs again
+  on every read through a version, so versions registered before it, or whose run the caller has
+  since been denied, serve nothing the caller could not read directly. A refusal is 403
+  ``PERMISSION_DENIED``, whether the run is denied or does not exist, so that the answer tells
+  nothing about which ids exist.
+* **A request body nested too deeply is invalid JSON**: MLflow's 400, where the RecursionError of
+  Python's parser escaped as Flask's HTML 500.
+"""
+
+import functools
+import re
+import urllib.parse
+
+from flask import request
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+# Where the proxy's routes carry an artifact path after the route itself (MLflow's
+# MlflowArtifactsService routes, under /api and /ajax-api, and after any static prefix).
+_PROXY_ROUTE = re.compile(
+    r"/(?:ajax-)?api/2\.0/mlflow-artifacts/(?:artifacts|mpu/(?:create|complete|abort)|presigned)(?:/(?P<path>.*))?$",
+    re.DOTALL)
+# MLflow's endpoints (view function names) whose ``path`` query parameter names an artifact
+# relative to a run, a model version or a logged model.
+_ARTIFACT_PATH_ENDPOINTS = ("serve_artifacts", "serve_model_version_artifact", "serve_get_logged_model_artifact",
+                            "_list_artifacts", "_list_logged_model_artifacts")
+_CREATE_EXPERIMENT, _CREATE_MODEL_VERSION = "_create_experiment", "_create_model_version"
+_READ_MODEL_VERSION_ARTIFACT = "serve_model_version_artifact"
+ENDPOINTS = (*_ARTIFACT_PATH_ENDPOINTS, _CREATE_EXPERIMENT, _CREATE_MODEL_VERSION)
+
+# S3 keeps keys of up to 1024 bytes; a longer name than 255 bytes cannot be downloaded to the
+# file systems clients use.
+MAX_PATH_BYTES = 1024
+MAX_NAME_BYTES = 255
+# MLflow's validate_path_is_safe decodes up to this many times; a path still encoded after that
+# is refused there too.
+_DECODE_ROUNDS = 10
+_LEADING_ZERO_ID = re.compile(r"0\d+")
+_PROXY_URL_PATH = "/api/2.0/mlflow-artifacts/artifacts/"
+
+
+def _decoded(value: str) -> str | None:
+    for _ in range(_DECODE_ROUNDS):
+        once = urllib.parse.unquote(value)
+        if once == value:
+            return value
+        value = once
+    return None
+
+
+def artifact_path_problem(path: str, *, experiment_relative: bool) -> str | None:
+    """Why ``path`` (as the request gave it) is not a canonical artifact path, or None."""
+    decoded = _decoded(path)
+    if decoded is None:
+        return "is encoded too many times"
+    if not decoded:
+        return None  # the root of a listing
+    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in decoded):
+        return "holds a control character"
+    if "\\" in decoded:
+        return "holds a backslash"
+    if decoded.startswith("/"):
+        return "is absolute"
+    names = decoded.removesuffix("/").split("/")  # a trailing slash names a folder (listings)
+    if any(name in ("", ".", "..") for name in names):
+        return "has an empty, '.' or '..' segment"
+    if len(decoded.encode()) > MAX_PATH_BYTES or any(len(name.encode()) > MAX_NAME_BYTES for name in names):
+        return f"is longer than {MAX_PATH_BYTES} bytes or has a name longer than {MAX_NAME_BYTES}"
+    if experiment_relative and _LEADING_ZERO_ID.fullmatch(names[0]):
+        return "names an experiment id with a leading zero"
+    return None
+
+
+def _refuse_non_canonical(path: str, *, experiment_relative: bool) -> None:
+    if problem := artifact_path_problem(path, experiment_relative=experiment_relative):
+        raise MlflowException.invalid_parameter_value(f"Invalid artifact path: it {problem}")
+
+
+def _denied(message: str) -> MlflowException:
+    return MlflowException(message, error_code=PERMISSION_DENIED)
+
+
+class ArtifactStore:
+    """The server's artifact destination (s3://bucket[/prefix]) and who may read what is in it."""
+
+    def __init__(self, destination: str, auth):
+        parsed = urllib.parse.urlparse(destination)
+        self.bucket = parsed.netloc.lower()
+        self.prefix = parsed.path.strip("/")
+        self._auth = auth
+
+    def relative_path(self, uri: str) -> str | None:
+        """``uri`` as a path relative to the destination; None when it is outside the bucket.
+
+        Raises PERMISSION_DENIED for the bucket's other prefixes (other servers, other tenants):
+        the server's credentials reach them, the server's users must not."""
+        decoded = _decoded(uri) or uri
+        parsed = urllib.parse.urlparse(decoded)
+        if parsed.scheme == "mlflow-artifacts":
+            return parsed.path.removeprefix("/")
+        if parsed.scheme in ("http", "https") and _PROXY_URL_PATH in parsed.path:
+            return parsed.path.split(_PROXY_URL_PATH, 1)[1]
+        # Bucket names are lower case, but some S3 servers match them without regard to case.
+        if parsed.scheme != "s3" or parsed.netloc.lower() != self.bucket:
+            return None
+        key = parsed.path.removeprefix("/")
+        if not self.prefix:
+            return key
+        if key.startswith(f"{self.prefix}/"):
+            return key.removeprefix(f"{self.prefix}/")
+        raise _denied("Model version source is in this server's bucket but outside its artifact destination")
+
+    def _owner_root(self, relative: str) -> tuple[str, str] | None:
+        """(kind, id) of the run or logged model whose artifacts hold ``relative``, from the
+        tracking store: the path's shape only says which id to look up."""
+        from mlflow.server.handlers import _get_tracking_store
+
+        names = relative.split("/")
+        if len(names) >= 3 and names[2] == "artifacts":
+            kind, owner_id = "run", names[1]
+        elif len(names) >= 4 and names[1] == "models" and names[3] == "artifacts":
+            kind, owner_id = "logged_model", names[2]
+        else:
+            return None
+        store = _get_tracking_store()
+        try:
+            if kind == "run":
+                root = store.get_run(owner_id).info.artifact_uri
+            else:
+                root = store.get_logged_model(owner_id).artifact_location
+        except MlflowException:
+            return None
+        root_path = self.relative_path(root)
+        if root_path is None or not f"{relative}/".startswith(f"{root_path.rstrip('/')}/"):
+            return None
+        return kind, owner_id
+
+    def _caller_may_read(self, kind: str, owner_id: str) -> bool:
+        if self._auth is None or self._auth.sender_is_admin():
+            return True
+        if kind == "run":
+            return self._auth._authorize_run_id(owner_id, "read")
+        return self._auth._authorize_logged_model_id(owner_id, "read")
+
+    def check_version_source(self, uri: str, refusal: str) -> None:
+        """Refuse ``uri`` as the files of a model version unless the caller may read them."""
+        relative = self.relative_path(uri)
+        if relative is None:
+            return
+        _refuse_non_canonical(relative, experiment_relative=True)
+        owner = self._owner_root(relative)
+        if owner is None or not self._caller_may_read(*owner):
+            raise _denied(refusal)
+
+
+def refuse_hostile_request(store: ArtifactStore) -> None:
+    """The before-request hook (wrapped by MLflow's catch_mlflow_exception, which turns the
+    refusals into MLflow's JSON errors)."""
+    from mlflow.protos.model_registry_pb2 import CreateModelVersion
+    from mlflow.protos.service_pb2 import CreateExperiment
+    from mlflow.server.handlers import _get_model_registry_store, _get_request_message
+
+    if proxied := _PROXY_ROUTE.search(request.path):
+        _refuse_non_canonical(proxied.group("path") or "", experiment_relative=True)
+        _refuse_non_canonical(request.args.get("path", ""), experiment_relative=True)
+        return
+    endpoint = request.endpoint
+    if endpoint in _ARTIFACT_PATH_ENDPOINTS:
+        _refuse_non_canonical(request.args.get("path", ""), experiment_relative=False)
+    if endpoint == _CREATE_EXPERIMENT and _get_request_message(CreateExperiment()).artifact_location:
+        raise MlflowException.invalid_parameter_value(
+            "artifact_location cannot be chosen on this server: it assigns every experiment's "
+            "location itself (mlflow-artifacts:/<experiment id>); create the experiment without one")
+    elif endpoint == _CREATE_MODEL_VERSION:
+        source = _get_request_message(CreateModelVersion()).source
+        store.check_version_source(source, f"Model version source '{source}' is in this server's artifact store "
+                                           "but not in the artifacts of a run or logged model you may read")
+    elif endpoint == _READ_MODEL_VERSION_ARTIFACT:
+        files = _get_model_registry_store().get_model_version_download_uri(
+            request.args.get("name"), request.args.get("version"))
+        store.check_version_source(files, "This model version's files are not in a run or logged model you may read")
+
+
+def _refusing_deep_nesting(loads):
+    """``loads`` (the app's JSON reader) with a body nested deeper than Python's recursion limit
+    read as invalid JSON: a ValueError, which MLflow answers with its JSON 400, instead of a
+    RecursionError that escapes every handler as Flask's HTML 500."""
+
+    @functools.wraps(loads)
+    def loads_within_depth(s, **kwargs):
+        try:
+            return loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+    return loads_within_depth
+
+
+def install(app, auth, destination: str) -> None:
+    """Add the hook to ``app``, after basic-auth's (``auth``: MLflow's auth module, or None)."""
+    from mlflow.server.handlers import catch_mlflow_exception
+
+    app.json.loads = _refusing_deep_nesting(app.json.loads)
+    store = ArtifactStore(destination, auth)
+
+    @catch_mlflow_exception
+    def refuse_hostile_input():
+        refuse_hostile_request(store)
+
+    app.before_request(refuse_hostile_input)
