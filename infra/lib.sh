@@ -122,7 +122,15 @@ secrets_mirror() {
         "secrets-$direction" /mirror
 }
 
-databases() { printf '%s\n' "$(setting POSTGRES_DB mlflow)" "$(setting POSTGRES_AUTH_DB mlflow_auth)"; }
+# Every database of the stack: MLflow's tracking and auth databases (a backup must have them) and
+# the sweeps' Optuna studies (backups made before sweeps existed have none).
+required_databases() { printf '%s\n' "$(setting POSTGRES_DB mlflow)" "$(setting POSTGRES_AUTH_DB mlflow_auth)"; }
+sweep_database() { setting POSTGRES_SWEEP_DB optuna; }
+databases() { required_databases; sweep_database; }
+database_exists() {
+    [ "$(postgres_tool psql --dbname=postgres --no-align --tuples-only \
+        --command="SELECT 1 FROM pg_database WHERE datname = '$1'")" = 1 ]
+}
 
 # bucket_mirror export|import HOST_DIR: copy the artifact bucket to/from HOST_DIR with the
 # storage-init image (minio SDK, any S3 API), as the invoking user so the files stay theirs.

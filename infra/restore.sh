@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Restore a backup made by infra/backup.sh onto this stack (fresh volumes or existing ones):
 # the backup's secrets go back into the secrets volume (a value set in .env still wins), the
-# tracking and auth databases are replaced by the backup's, the backup's artifacts are uploaded
+# tracking, auth and sweeps databases are replaced by the backup's (one without the sweeps database,
+# made before sweeps were backed up, leaves that one as it is), the backup's artifacts are uploaded
 # to the bucket, then the stack is started and migrated to the current schema.
 #
 #   infra/restore.sh [--yes] BACKUP      (BACKUP: a backup directory or its .tar.gz)
@@ -36,7 +37,7 @@ backup=$(cd "$backup" && pwd)
 if [ ! -f "$backup/manifest.txt" ] || [ ! -d "$backup/artifacts" ]; then
     die "$backup is not a complete backup (no manifest.txt or artifacts/); was infra/backup.sh interrupted?"
 fi
-for db in $(databases); do
+for db in $(required_databases); do
     [ -f "$backup/$db.dump" ] || die "$backup has no dump of database '$db' (POSTGRES_DB / POSTGRES_AUTH_DB differ from the backup's?)"
 done
 [ -f "$backup/SHA256SUMS" ] || die "$backup has no SHA256SUMS: it cannot be verified"
@@ -81,6 +82,10 @@ fi
 
 step "Restore the databases"
 for db in $(databases); do
+    if [ ! -f "$backup/$db.dump" ]; then  # only the sweeps' database may be missing (checked above)
+        info "$db: not in this backup (made before sweeps were backed up), left as it is"
+        continue
+    fi
     postgres_tool dropdb --if-exists --force "$db"
     postgres_tool createdb "$db"
     postgres_tool pg_restore --no-owner --role="$(setting POSTGRES_USER mlflow)" --exit-on-error \

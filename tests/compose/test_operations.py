@@ -20,17 +20,26 @@ def _log_a_run(stack, tmp_path, name: str) -> str:
     return stack.client("log", str(artifact))["run_id"]
 
 
+def _sweeps_database(stack, sql: str) -> str:
+    """psql on the stack's sweeps database (Optuna's studies), as the server's own role."""
+    return stack.compose("exec", "-T", "postgres", "sh", "-c",
+                         'psql -U "$POSTGRES_USER" -d optuna --no-align --tuples-only -v ON_ERROR_STOP=1 -c "$0"',
+                         sql).stdout.strip()
+
+
 def test_backup_wipe_restore_returns_identical_runs_and_artifacts(compose_stack, tmp_path):
     stack = compose_stack
     run_id = _log_a_run(stack, tmp_path, "checkpoint.pth")
     before = stack.client("snapshot", str(tmp_path / "before"))
     assert run_id in before
+    # What a sweep leaves there (Optuna creates its own tables on first use).
+    _sweeps_database(stack, "CREATE TABLE studies_of_a_sweep (name text); INSERT INTO studies_of_a_sweep VALUES ('lr-sweep')")
 
     backup = stack.run("bash", "infra/backup.sh").stdout
     backups = sorted((stack.work_dir / "backups").glob("cvops-*"))
     assert backups and backups[-1].is_dir(), backup
-    assert {p.name for p in backups[-1].iterdir()} >= {"mlflow.dump", "mlflow_auth.dump", "manifest.txt",
-                                                      "SHA256SUMS", "artifacts"}
+    assert {p.name for p in backups[-1].iterdir()} >= {"mlflow.dump", "mlflow_auth.dump", "optuna.dump",
+                                                      "manifest.txt", "SHA256SUMS", "artifacts"}
 
     stack.down()
     stack.up()
@@ -38,6 +47,7 @@ def test_backup_wipe_restore_returns_identical_runs_and_artifacts(compose_stack,
 
     stack.run("bash", "infra/restore.sh", "--yes", str(backups[-1]))
     assert stack.client("snapshot", str(tmp_path / "after")) == before
+    assert _sweeps_database(stack, "SELECT name FROM studies_of_a_sweep") == "lr-sweep"
 
 
 def test_restore_refuses_an_incomplete_backup_without_touching_the_stack(compose_stack, tmp_path):
