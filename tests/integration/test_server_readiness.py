@@ -46,6 +46,27 @@ def test_ready_names_an_unreachable_bucket(tracking_server_factory, s3, postgres
     assert_no_secrets(response, server, s3, postgres)
 
 
+def test_ready_and_uploads_refuse_when_s3_refuses_the_server_s_keys(tracking_server_factory, s3, postgres):
+    """A rotated or mistyped S3 secret: the store refuses every request (SeaweedFS checks
+    signatures), /ready says so without the secret, and an upload fails instead of reading as done."""
+    server = tracking_server_factory(AWS_SECRET_ACCESS_KEY="not-the-store-s-secret")
+    response, took_s = ready(server)
+    assert response.status_code == 503, response.text
+    checks = response.json()["checks"]
+    assert checks["artifact_store"] != "ok"
+    assert checks["tracking_database"] == checks["auth_database"] == "ok"
+    assert took_s < PROBE_S
+    assert "not-the-store-s-secret" not in response.text
+    assert_no_secrets(response, server, s3, postgres)
+
+    upload = requests.put(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/refused/model.pth",
+                          data=b"weights", auth=server.admin_auth, timeout=60)
+    assert upload.status_code >= 500, upload.text
+    assert "not-the-store-s-secret" not in upload.text
+    prefix = server.artifacts_destination.split("/", 3)[3]
+    assert s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=f"{prefix}/refused")["KeyCount"] == 0
+
+
 def test_ready_follows_postgres_while_health_stays_live(tracking_server, s3, postgres):
     postgres.stop()
     try:
