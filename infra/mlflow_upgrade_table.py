@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ElementTree
 PATCH_TESTS = {
     "proxied_artifacts": [("test_server_artifacts", ("presigned", "server_info"))],
     "run_attribution": [("test_server_run_attribution", ())],
+    "hostile_input": [("test_server_hostile_input", ())],
     "s3_artifact_repository": [("test_server_artifact_not_found", ()),
                                ("test_server_artifacts", ("proxied_upload", "round_trips"))],
     "tracking_store": [("test_server_tracking_store", ())],

@@ -55,6 +55,15 @@ def test_every_patch_is_verified_here_and_finds_every_name_it_touches():
             if verdict != "verified" or missing != "-"] == []
 
 
+def test_the_upgrade_check_names_tests_for_every_patch(monkeypatch):
+    """infra/check-mlflow-upgrade.sh's table crashed with KeyError on a patch it had no tests for."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "infra"))
+    import mlflow_upgrade_table
+
+    assert set(mlflow_upgrade_table.PATCH_TESTS) == {name for name, *_ in patch_registry()}
+    assert all((REPO_ROOT / path).is_file() for path in mlflow_upgrade_table.test_files())
+
+
 def test_with_patches_off_the_server_runs_mlflow_s_own_code(tracking_server_factory):
     server = tracking_server_factory(CVOPS_SERVER_PATCHES="off")
     log = server.log()
