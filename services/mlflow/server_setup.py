@@ -246,6 +246,9 @@ def serve(app: str) -> None:
         os.environ["MLFLOW_SERVER_ALLOWED_HOSTS"] = allowed_hosts(os.environ.get("MLFLOW_ALLOWED_HOSTS", ""))
     if os.environ.get("MLFLOW_CORS_ALLOWED_ORIGINS"):
         os.environ["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = os.environ["MLFLOW_CORS_ALLOWED_ORIGINS"]
+    # MLflow draws tqdm progress bars for the artifact transfers it proxies wherever tqdm is
+    # installed: in a server log they are noise that pushes real lines out of `docker compose logs`.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     backend_store_uri = os.environ["MLFLOW_BACKEND_STORE_URI"]
     registry_store_uri = os.environ.get("MLFLOW_REGISTRY_STORE_URI") or backend_store_uri

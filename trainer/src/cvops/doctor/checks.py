@@ -125,11 +125,13 @@ def scoped_environment(
 
 
 def client_environment():
-    """MLflow client settings for the doctor: fail fast, never retry into a long back-off."""
+    """MLflow client settings for the doctor: fail fast, never retry into a long back-off, and no
+    progress bars of MLflow's (drawn wherever tqdm is installed) between the doctor's lines."""
     return scoped_environment(
         set_values={
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(TRANSFER_TIMEOUT_S)),
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         }
     )
 
