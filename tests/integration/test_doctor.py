@@ -190,7 +190,7 @@ def test_object_store_unreachable_behind_the_proxy(misconfigured_server, home):
     assert code == 1, output
     assert lines["host"][0] == "✓" and lines["metrics"][0] == "✓", output
     mark, detail = lines["artifacts"]
-    assert mark == "✗" and "HTTP 500" in detail and "cannot reach its artifact store" in detail
+    assert mark == "✗" and "HTTP 503" in detail and "cannot reach its artifact store" in detail
     assert "MLFLOW_S3_ENDPOINT_URL" in detail
     assert lines["s3-free"][0] == "–"
 

@@ -309,19 +309,20 @@ def test_a_canonical_path_still_works(tracking_server, team, s3):
 # --------------------------------------------------------------------------- what S3 errors reveal
 
 
-@pytest.fixture(scope="module", params=["unreachable-endpoint", "missing-bucket"])
+@pytest.fixture(scope="module", params=["unreachable-endpoint", "refused-keys"])
 def broken_store_server(request, tracking_server_factory, s3):
-    """A server whose artifact store fails: nothing listens at its S3 endpoint, or its bucket is gone."""
+    """A server whose artifact store fails: nothing listens at its S3 endpoint, or the store
+    refuses its keys (SeaweedFS, like MinIO, checks signatures; it creates a missing bucket on
+    the first upload, so a missing bucket is no failure there)."""
     if request.param == "unreachable-endpoint":
         server = tracking_server_factory(MLFLOW_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
         hidden = (server.artifacts_destination, s3.bucket, "127.0.0.1")
         expected = {"TEMPORARILY_UNAVAILABLE": 503}
     else:
-        bucket = f"gone-{uuid.uuid4().hex[:8]}"
-        server = tracking_server_factory(MLFLOW_ARTIFACTS_DESTINATION=f"s3://{bucket}/team")
-        hidden = (bucket,)
-        # A download asks HEAD first, which S3 answers with a bare 404 for a missing bucket too.
-        expected = {"INTERNAL_ERROR": 500, "RESOURCE_DOES_NOT_EXIST": 404}
+        wrong_secret = f"not-the-store-s-secret-{uuid.uuid4().hex[:8]}"
+        server = tracking_server_factory(AWS_SECRET_ACCESS_KEY=wrong_secret)
+        hidden = (server.artifacts_destination, s3.bucket, wrong_secret, s3.access_key)
+        expected = {"INTERNAL_ERROR": 500}
     yield server, hidden, expected
     server.stop()
 
