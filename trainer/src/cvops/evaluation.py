@@ -10,12 +10,15 @@ numpy is the only import at module load; matplotlib (Agg) and PIL are imported w
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+log = logging.getLogger("cvops")
 
 # COCO's IoU thresholds (0.50:0.05:0.95) and 101-point recall grid, so "AP" here means what
 # pycocotools and Detectron2's COCOEvaluator report (without crowd/area handling), with one
@@ -444,11 +447,16 @@ def evaluate_detector(
     evaluation (``log_detection_evaluation``) and the latency (``log_latency``)."""
     batches = [images[start:start + batch_size] for start in range(0, len(images), batch_size)]
     predictions: list[Detections] = []
-    latency = measure_latency(
-        lambda batch: predictions.extend(predict_batch(batch)), batches, warmup_batches=min(1, len(batches) - 1)
-    )
+    try:
+        latency = measure_latency(
+            lambda batch: predictions.extend(predict_batch(batch)), batches, warmup_batches=1 if len(batches) > 1 else 0
+        )
+    except ValueError as nothing_timed:  # an empty evaluation set: still logged, without latency
+        log.warning("cvops: no inference latency: %s", nothing_timed)
+        latency = None
     evaluation = log_detection_evaluation(run, predictions, ground_truth, class_names, images=images, step=step)
-    log_latency(run, latency, step=step)
+    if latency is not None:
+        log_latency(run, latency, step=step)
     return evaluation
 
 
