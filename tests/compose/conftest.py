@@ -241,7 +241,12 @@ def submitter(compose_stack, stack_network, tmp_path):
                               timeout=timeout, cwd=tmp_path)
 
     cvops.network = stack_network
-    return cvops
+    yield cvops
+    # Job containers stay after they exit so that `cvops logs` can read them; the test's are removed here.
+    jobs = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=cvops.tracking_uri={compose_stack.url}"],
+                          capture_output=True, text=True).stdout.split()
+    if jobs:
+        subprocess.run(["docker", "rm", "-f", *jobs], capture_output=True)
 
 
 @pytest.fixture
