@@ -13,33 +13,22 @@ the ones docs/onboarding.md shows, so the documentation is what this test saw.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
 from pathlib import Path
 
 import mlflow.pyfunc
 import pytest
 
+from tests.browser.ui import MODEL_TRAINING_VIEW, assert_not_blank, new_browser_tab, save_screenshot
+
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ARTIFACT_DIR = REPO_ROOT / "test-artifacts" / "browser"
-DOCS_SCREENSHOT_DIR = REPO_ROOT / "docs" / "screenshots"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
 # Tall enough that the run list and both chart sections (AP, then loss and lr) fit on one screen.
 VIEWPORT = {"width": 1280, "height": 1100}
 LAPTOP_VIEWPORT = {"width": 1366, "height": 768}
-UI_TIMEOUT_MS = 60_000
 RUN_NAME = "faster-rcnn-r50-shapes"
 MODEL_NAME_PREFIX = "shapes-detector"
 BOX_COLOUR = (255, 40, 40)
-# The Model training view, spelled out in links cvops prints (MLflow 3.17's UI ignores the
-# experiment's mlflow.experimentKind tag; the link, else the browser's last choice, decides).
-MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 CHART_CARD = "[data-testid='experiment-view-compare-runs-card']"
 # MLflow 3.17.2's component ids (its UI bundle): the assistant panel's close button exists only
 # while the panel is open; its floating button only while the panel is closed.
@@ -49,23 +38,6 @@ TELEMETRY_NOTICE = "Information about UI telemetry"
 # Texts of the home page's Getting Started section: the demo banner and the GenAI feature cards.
 GETTING_STARTED_CARDS = ("Start Demo", "New to MLflow?", "Capture and debug LLM interactions",
                          "Measure and compare LLM quality", "Version control and manage prompts")
-
-
-def _chromium() -> str:
-    path = os.environ.get("CVOPS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.skip("Chromium not found: apt-get install chromium (or set CVOPS_CHROMIUM)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-dev.txt")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")
@@ -125,16 +97,6 @@ def tracked_run(tracking_server, team_member):
     }
 
 
-def new_browser_tab(browser, credentials, viewport):
-    """A tab of a new browser (empty storage), signed in as a user is: the browser answers the
-    server's basic-auth challenge with the user's name and password. Nothing else is set."""
-    context = browser.new_context(
-        http_credentials={"username": credentials[0], "password": credentials[1]}, viewport=viewport,
-    )
-    context.set_default_timeout(UI_TIMEOUT_MS)
-    return context, context.new_page()
-
-
 @pytest.fixture
 def page(browser, team_member):
     context, tab = new_browser_tab(browser, team_member, VIEWPORT)
@@ -164,29 +126,6 @@ def truncated_chart_titles(tab) -> list[str]:
     """Chart titles the card cuts short ("ba…"): their text is wider than the room they get."""
     return tab.locator(f"{CHART_CARD} h4").evaluate_all(
         "titles => titles.filter(t => t.scrollWidth > t.clientWidth).map(t => t.textContent)")
-
-
-def save_screenshot(tab, name: str, for_docs: bool = True) -> Path:
-    """Save under test-artifacts/browser/ (and docs/screenshots/ when asked); return the file."""
-    from PIL import Image
-
-    ARTIFACT_DIR.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACT_DIR / f"{name}.png"
-    path.write_bytes(tab.screenshot())
-    if for_docs and os.environ.get("CVOPS_UPDATE_SCREENSHOTS") == "1":
-        DOCS_SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-        # A 64-colour palette keeps a UI screenshot legible at a fraction of the size.
-        with Image.open(path) as shot:
-            shot.convert("RGB").quantize(colors=64).save(DOCS_SCREENSHOT_DIR / f"{name}.png", optimize=True)
-    return path
-
-
-def assert_not_blank(path: Path) -> None:
-    from PIL import Image, ImageStat
-
-    with Image.open(path) as shot:
-        stddev = ImageStat.Stat(shot.convert("L")).stddev[0]
-    assert stddev > 10, f"{path} looks blank (grey-level stddev {stddev:.1f})"
 
 
 def count_box_pixels(path: Path, region: dict) -> int:
