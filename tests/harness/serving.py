@@ -30,6 +30,8 @@ class ServingServer:
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
             "HOME": str(root),
             "TMPDIR": str(root),
+            # The image installs cvops from trainer/ (services/serving/Dockerfile): this checkout's.
+            "PYTHONPATH": str(REPO_ROOT / "trainer" / "src"),
             "MLFLOW_TRACKING_URI": tracking_url,
             "MLFLOW_TRACKING_USERNAME": username,
             "MLFLOW_TRACKING_PASSWORD_FILE": str(password_file),
