@@ -23,7 +23,7 @@ pytest.importorskip("keras")
 
 CATEGORIES = ["circle", "square", "triangle"]
 SQUARE = (8, 8, 24, 24)  # where every picture of the evaluation set has its one square
-GATES = [registry.Gate("eval/mAP", min_value=50.0)]
+GATES = [registry.Gate("eval/mAP", min_value=50.0), registry.Gate("eval/AP/square", min_improvement=-50.0)]
 
 
 def write_squares_dataset(root) -> None:
@@ -68,6 +68,11 @@ def fixed_box_detector(box, class_id: int, score: float = 0.9):
     return keras.Model(inputs, outputs)
 
 
+def claims(ap: float) -> dict[str, float]:
+    """What a training run logged about itself, on its own validation data."""
+    return {"eval/mAP": ap, "eval/AP/square": ap}
+
+
 @pytest.fixture
 def sdk_env(tracking_server, tmp_path, monkeypatch):
     use_sdk_env(monkeypatch, tracking_server, tmp_path)
@@ -81,9 +86,9 @@ def test_promotion_gates_on_one_fair_evaluation_not_on_what_each_run_logged(sdk_
     name = f"fair-{uuid.uuid4().hex[:6]}"
     # The Keras habit: class 0 is background. Names, not ids, are matched to the dataset's.
     class_names = ["background", "square"]
-    on_target = register_keras_detector(name, fixed_box_detector(SQUARE, class_id=1), {"eval/mAP": 20.0},
+    on_target = register_keras_detector(name, fixed_box_detector(SQUARE, class_id=1), claims(20.0),
                                         class_names=class_names)
-    off_target = register_keras_detector(name, fixed_box_detector((16, 16, 32, 32), class_id=1), {"eval/mAP": 90.0},
+    off_target = register_keras_detector(name, fixed_box_detector((16, 16, 32, 32), class_id=1), claims(90.0),
                                          class_names=class_names)
     assert json.loads(client.get_model_version(name, on_target).tags[CLASS_NAMES_TAG]) == class_names
 
@@ -98,8 +103,8 @@ def test_promotion_gates_on_one_fair_evaluation_not_on_what_each_run_logged(sdk_
     decision = registry.promote(name, off_target, GATES, client=client, reevaluate_on=dataset)
     assert not decision.promoted, decision.summary()
     assert client.get_model_version_by_alias(name, "champion").version == on_target
-    [check] = decision.checks
-    assert (check.challenger, check.champion) == (pytest.approx(0.0), pytest.approx(100.0))
+    assert [(check.metric, check.challenger, check.champion) for check in decision.checks] == [
+        ("eval/mAP", pytest.approx(0.0), pytest.approx(100.0)), ("eval/AP/square", pytest.approx(0.0), pytest.approx(100.0))]
 
     evaluated = decision.reevaluation
     assert evaluated.dataset_digest == first.reevaluation.dataset_digest
@@ -108,7 +113,8 @@ def test_promotion_gates_on_one_fair_evaluation_not_on_what_each_run_logged(sdk_
     for role, version in (("challenger", off_target), ("champion", on_target)):
         run = client.get_run(recorded[role]["run_id"])
         assert run.data.tags[EVALUATED_MODEL_TAG] == f"models:/{name}/{version}"
-        assert run.data.metrics["eval/mAP"] == recorded[role]["metrics"]["eval/mAP"]
+        for gated in ("eval/mAP", "eval/AP/square", "inference/latency_p95_ms"):
+            assert run.data.metrics[gated] == recorded[role]["metrics"][gated]
         [dataset_input] = run.inputs.dataset_inputs
         assert dataset_input.dataset.digest == evaluated.dataset_digest
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}

@@ -495,8 +495,18 @@ class ModelEvaluation:
     def model_uri(self) -> str:
         return f"models:/{self.model_name}/{self.version}"
 
-    def record(self) -> dict[str, Any]:
-        return {"model_uri": self.model_uri, "run_id": self.run_id, "metrics": self.metrics}
+    def headline_metrics(self, also: Iterable[str] = ()) -> dict[str, float]:
+        """mAP, AP50, AP75, the latency figures and ``also``: what fits a registry tag, where
+        every per-class AP of a many-class model would not (all of them are on the run)."""
+        wanted = set(also)
+        return {key: value for key, value in sorted(self.metrics.items())
+                if key in _HEADLINE_METRICS or key.startswith("inference/") or key in wanted}
+
+    def record(self, also: Iterable[str] = ()) -> dict[str, Any]:
+        return {"model_uri": self.model_uri, "run_id": self.run_id, "metrics": self.headline_metrics(also)}
+
+
+_HEADLINE_METRICS = ("eval/mAP", "eval/AP50", "eval/AP75")
 
 
 def resolve_model_uri(model_uri: str, client) -> tuple[str, str]:
@@ -592,9 +602,7 @@ def evaluate_registered_model(
         run.log_metrics({OUTSIDE_CLASSES_METRIC: outside})
         run.flush()
         run_id = run.run_id
-    metrics = dict(client.get_run(run_id).data.metrics)
-    headline = {key: value for key, value in metrics.items()
-                if key in ("eval/mAP", "eval/AP50", "eval/AP75") or key.startswith("inference/")}
+    evaluated_version = ModelEvaluation(name, version, run_id, digest, dict(client.get_run(run_id).data.metrics), result)
     client.set_model_version_tag(name, version, VERSION_EVALUATION_TAG_PREFIX + digest,
-                                 json.dumps({"run_id": run_id, **headline})[:5000])
-    return ModelEvaluation(name, version, run_id, digest, metrics, result)
+                                 json.dumps({"run_id": run_id, **evaluated_version.headline_metrics()}))
+    return evaluated_version

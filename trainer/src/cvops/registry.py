@@ -262,7 +262,8 @@ def promote(registered_model_name: str, challenger_version: str | int, gates: It
     each evaluated on it by :func:`cvops.evaluation.evaluate_registered_model` (``class_names``
     is passed on), the gates read those runs' metrics (``eval/mAP``, ``eval/AP/<class>``,
     ``inference/latency_p95_ms``...), and the decision records the dataset digest and both
-    evaluations; the version's description (its model card) gets a section showing them.
+    evaluations (run ids; headline and gated metrics, all of them are on the runs); the version's
+    description (its model card) gets a section showing them.
 
     NaN (what COCO evaluators report for AP when a model detected nothing) fails a challenger's
     gate; a champion's NaN leaves only the bounds to check. cvops' own ``eval/mAP`` is 0, not
@@ -289,7 +290,8 @@ def promote(registered_model_name: str, challenger_version: str | int, gates: It
         challenger_metrics = _run_metrics(client, challenger.run_id)
         champion_metrics = _run_metrics(client, champion.run_id) if champion is not None else None
     else:
-        reevaluation = _reevaluate(registered_model_name, challenger, champion, reevaluate_on, class_names, client)
+        reevaluation = _reevaluate(registered_model_name, challenger, champion, reevaluate_on, class_names,
+                                   [sanitize_metric_name(gate.metric) for gate in gates], client)
         challenger_metrics = reevaluation.challenger["metrics"]
         champion_metrics = reevaluation.champion["metrics"] if reevaluation.champion is not None else None
     checks = [_check(gate, challenger_metrics, champion_metrics) for gate in gates]
@@ -313,7 +315,8 @@ def promote(registered_model_name: str, challenger_version: str | int, gates: It
     return decision
 
 
-def _reevaluate(name: str, challenger, champion, dataset: Any, class_names, client: MlflowClient) -> Reevaluation:
+def _reevaluate(name: str, challenger, champion, dataset: Any, class_names, gated: list[str],
+                client: MlflowClient) -> Reevaluation:
     from cvops.detection_dataset import DetectionDataset, load_detection_dataset
     from cvops.evaluation import evaluate_registered_model
 
@@ -324,7 +327,8 @@ def _reevaluate(name: str, challenger, champion, dataset: Any, class_names, clie
     ]
     return Reevaluation(
         dataset=str(data.annotations), dataset_digest=evaluations[0].dataset_digest,
-        challenger=evaluations[0].record(), champion=evaluations[1].record() if champion is not None else None,
+        challenger=evaluations[0].record(also=gated),
+        champion=evaluations[1].record(also=gated) if champion is not None else None,
     )
 
 
