@@ -154,7 +154,9 @@ def test_registered_model_holds_weights_only_and_is_servable(trained, d2_python,
 def test_the_inference_server_answers_the_registered_model_in_its_schema(trained, d2_python, shapes):
     client, name = trained["client"], trained["model_name"]
     version = str(trained["registered_version"])
-    client.set_model_version_tag(name, version, "cvops.class_names", json.dumps(["circle", "square", "triangle"]))
+    # The hook names the classes (the training set's thing_classes) on the version it registers.
+    assert json.loads(client.get_model_version(name, version).tags["cvops.class_names"]) == [
+        "circle", "square", "triangle"]
     val = json.loads((shapes / "annotations" / "val.json").read_text())["images"][:2]
     files = [shapes / "images" / image["file_name"] for image in val]
     served = support.served_detections(d2_python, name, version, files)
@@ -165,6 +167,26 @@ def test_the_inference_server_answers_the_registered_model_in_its_schema(trained
         assert all(0 <= x <= image["width"] and 0 <= y <= image["height"]
                    for box in found["boxes"] for x, y in (box[:2], box[2:]))
         assert set(found["class_names"]) <= {"circle", "square", "triangle"}
+
+
+def test_cvops_evaluate_scores_the_registered_detector_as_it_is_served(trained, d2_python, shapes):
+    """The standard evaluation entry point, on the Detectron2 pyfunc (the same one as for Keras)."""
+    client, name = trained["client"], trained["model_name"]
+    version = str(trained["registered_version"])
+    result = subprocess.run([str(d2_python), "-m", "cvops", "evaluate", f"models:/{name}/{version}", "--dataset",
+                             str(shapes), "--batch-size", "3"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, support.tail(result.stderr)
+    run_id = result.stdout.split("evaluation run ", 1)[1].split()[0]
+    run = client.get_run(run_id)
+    assert run.data.tags["cvops.evaluated_model"] == f"models:/{name}/{version}"
+    assert 0.0 <= run.data.metrics["eval/mAP"] <= 100.0 and run.data.metrics["inference/latency_p95_ms"] > 0
+    per_class = json.loads(Path(client.download_artifacts(run_id, "evaluation/per_class_ap.json")).read_text())
+    assert [row["class"] for row in per_class["per_class"]] == ["circle", "square", "triangle"]
+    assert sum(row["ground_truth"] for row in per_class["per_class"]) == len(
+        json.loads((shapes / "annotations" / "val.json").read_text())["annotations"])
+    [dataset_input] = run.inputs.dataset_inputs
+    pointer = client.get_model_version(name, version).tags[f"cvops.evaluation.{dataset_input.dataset.digest}"]
+    assert json.loads(pointer)["run_id"] == run_id
 
 
 def test_failed_training_is_told_apart_and_registers_nothing(d2_python, shapes, framework_env, tmp_path):

@@ -30,6 +30,8 @@ class ServingServer:
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
             "HOME": str(root),
             "TMPDIR": str(root),
+            # The image installs cvops from trainer/ (services/serving/Dockerfile): this checkout's.
+            "PYTHONPATH": str(REPO_ROOT / "trainer" / "src"),
             "MLFLOW_TRACKING_URI": tracking_url,
             "MLFLOW_TRACKING_USERNAME": username,
             "MLFLOW_TRACKING_PASSWORD_FILE": str(password_file),
@@ -93,12 +95,19 @@ def box_detector(class_id: int):
 def register_box_detector(model_name: str, class_id: int, metrics: dict[str, float] | None = None) -> str:
     """Log and register :func:`box_detector` from a cvops run (MLFLOW_TRACKING_* point at the
     server); returns the new version."""
+    return register_keras_detector(model_name, box_detector(class_id), metrics, seed=class_id)
+
+
+def register_keras_detector(model_name: str, model, metrics: dict[str, float] | None = None, *,
+                            class_names=(), seed: int = 0) -> str:
+    """Log and register a Keras detector taking IMAGE_SIZE images, with ``metrics`` logged on its
+    training run and ``class_names`` as its version's cvops.class_names; returns the new version."""
     import cvops
     from cvops.integrations import _pyfunc
 
-    example = np.random.default_rng(class_id).integers(0, 255, (2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+    example = np.random.default_rng(seed).integers(0, 255, (2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
     with cvops.start_run(experiment="serving", tags={"task": "detection", "framework": "keras"}) as run:
         run.log_metrics(metrics or {})
-        version = _pyfunc.log_keras_model(run, box_detector(class_id), input_example=example,
-                                          registered_model_name=model_name)
+        version = _pyfunc.log_keras_model(run, model, input_example=example, registered_model_name=model_name,
+                                          class_names=class_names)
     return version.version

@@ -2,6 +2,7 @@
 TensorFlow, CPU, a few seconds) on synthetic images, and the test reads back from the real MLflow
 server (harness: PostgreSQL, S3 stand-in, server via the container entrypoint) what a user would
 look at: metric names, steps and values, params, artifacts, the registered model loading back."""
+import json
 import time
 
 import numpy as np
@@ -129,6 +130,7 @@ def test_fit_logs_metrics_params_samples_evaluation_and_a_registered_model(track
 
     (version,) = client.search_model_versions(f"name='{model_name}'")
     assert version.run_id == run_id
+    assert json.loads(version.tags["cvops.class_names"]) == CLASSES  # what serving and `cvops evaluate` name classes by
     uri = f"models:/{model_name}/{version.version}"
     assert mlflow.models.get_model_info(uri).signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, SIZE, SIZE, 3)
     assert mlflow.models.get_model_info(uri).saved_input_example_info is not None

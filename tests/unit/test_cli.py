@@ -5,7 +5,7 @@ import sys
 
 from cvops.cli import build_parser
 
-COMMANDS = {"sync", "submit", "ps", "logs", "stop", "train", "sweep", "doctor", "tfod"}
+COMMANDS = {"sync", "submit", "ps", "logs", "stop", "train", "sweep", "doctor", "tfod", "evaluate", "promote"}
 
 
 def _python(code_or_args: list[str]) -> str:
@@ -33,6 +33,26 @@ def test_the_sweep_command_takes_a_spec_or_status_and_a_spec(capsys):
     assert "usage: cvops sweep" in capsys.readouterr().err
     assert main(["sweep", "status", "missing.yaml"]) == 2
     assert "missing.yaml: 1 problem(s) in the sweep spec" in capsys.readouterr().err
+
+
+def test_promotion_gates_are_written_metric_then_options():
+    from cvops.cli.models import parse_gate
+    from cvops.registry import Gate
+
+    assert parse_gate("eval/mAP,min=30,improvement=-0.5") == Gate("eval/mAP", min_value=30.0, min_improvement=-0.5)
+    assert parse_gate("inference/latency_p95_ms,lower,max=50") == Gate(
+        "inference/latency_p95_ms", higher_is_better=False, max_value=50.0)
+
+
+def test_a_bad_gate_or_dataset_is_refused_naming_what_is_wrong(capsys, tmp_path):
+    from cvops.cli import main
+
+    assert main(["promote", "shapes", "2", "--gate", "eval/mAP,minimum=30"]) == 2
+    assert "unknown option 'minimum=30' (lower, min=V, max=V, improvement=V)" in capsys.readouterr().err
+    assert main(["promote", "shapes", "2", "--gate", "eval/mAP,min=high"]) == 2
+    assert "min='high' is not a number" in capsys.readouterr().err
+    assert main(["evaluate", "models:/shapes/2", "--dataset", str(tmp_path)]) == 2
+    assert f"{tmp_path}: no annotations/val.json" in capsys.readouterr().err
 
 
 def test_building_the_parser_imports_no_framework():

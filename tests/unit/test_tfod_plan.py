@@ -51,3 +51,17 @@ def test_flag_value_reads_flags_as_absl_does():
     assert flag_value(["--a=1", "--b", "2", "--a=3"], "a") == "3"
     assert flag_value(["--a=1", "--b", "2"], "b") == "2"
     assert flag_value(["--ab=1"], "a") is None
+
+
+def test_the_registered_detector_s_class_names_come_from_the_training_label_map(tmp_path):
+    """What `export(registered_model_name=...)` tags the version with (cvops.class_names): the
+    label map's ids, which the exported model answers, and their names."""
+    from cvops.integrations.tfod import label_map_of
+
+    label_map = tmp_path / "label_map.pbtxt"
+    label_map.write_text("item {\n  id: 2\n  name: 'square'\n}\nitem {\n  id: 1\n  name: 'circle'\n"
+                         "  display_name: 'round'\n}\n")
+    config = {"train_input_reader": {"label_map_path": str(label_map)}}
+    assert label_map_of(config) == {1: "round", 2: "square"}
+    assert label_map_of({"eval_input_reader": [{"label_map_path": str(label_map)}]}) == {1: "round", 2: "square"}
+    assert label_map_of({"train_config": {}}) == {}

@@ -7,22 +7,18 @@ that fails to load is logged and retried on the next poll while the previous one
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+from cvops.detection_schema import CLASS_NAMES_TAG, InputFormat, class_names_from_tag, normalise
 from mlflow import MlflowClient
 
 from cvops_serving.config import ModelSpec
-from cvops_serving.detections import InputFormat, normalise
 
 log = logging.getLogger("cvops_serving")
-
-# A version tag holding the class names, as a JSON list (index = class id) or {"id": "name"}.
-CLASS_NAMES_TAG = "cvops.class_names"
 
 
 @dataclass(frozen=True)
@@ -36,21 +32,6 @@ class LoadedVersion:
     def predict(self, images) -> list[dict]:
         output = self.pyfunc.predict(self.input_format.model_input(images))
         return normalise(output, images, self.input_format, self.class_names)
-
-
-def class_names_from_tag(value: str | None) -> dict[int, str]:
-    if not value:
-        return {}
-    try:
-        names = json.loads(value)
-    except json.JSONDecodeError:
-        log.warning("tag %s is not JSON; serving class ids as names", CLASS_NAMES_TAG)
-        return {}
-    if isinstance(names, list):
-        return {index: str(name) for index, name in enumerate(names)}
-    if isinstance(names, dict):
-        return {int(key): str(name) for key, name in names.items()}
-    return {}
 
 
 def load_version(client: MlflowClient, name: str, version: str) -> LoadedVersion:

@@ -469,3 +469,140 @@ def _markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- registered models
+
+EVALUATION_EXPERIMENT = "model-evaluation"
+EVALUATED_MODEL_TAG = "cvops.evaluated_model"  # on the evaluation run: models:/<name>/<version>
+EVALUATED_DIGEST_TAG = "cvops.evaluation_dataset_digest"
+VERSION_EVALUATION_TAG_PREFIX = "cvops.evaluation."  # on the version, + dataset digest: the run and its numbers
+OUTSIDE_CLASSES_METRIC = "eval/predictions_outside_dataset_classes"
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """One registered version scored on one dataset: the evaluation run and what it logged."""
+
+    model_name: str
+    version: str
+    run_id: str
+    dataset_digest: str
+    metrics: dict[str, float]
+    evaluation: DetectionEvaluation = field(repr=False)
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}/{self.version}"
+
+    def headline_metrics(self, also: Iterable[str] = ()) -> dict[str, float]:
+        """mAP, AP50, AP75, the latency figures and ``also``: what fits a registry tag, where
+        every per-class AP of a many-class model would not (all of them are on the run)."""
+        wanted = set(also)
+        return {key: value for key, value in sorted(self.metrics.items())
+                if key in _HEADLINE_METRICS or key.startswith("inference/") or key in wanted}
+
+    def record(self, also: Iterable[str] = ()) -> dict[str, Any]:
+        return {"model_uri": self.model_uri, "run_id": self.run_id, "metrics": self.headline_metrics(also)}
+
+
+_HEADLINE_METRICS = ("eval/mAP", "eval/AP50", "eval/AP75")
+
+
+def resolve_model_uri(model_uri: str, client) -> tuple[str, str]:
+    """(name, version) of ``models:/<name>/<version>`` or ``models:/<name>@<alias>``; the alias
+    is resolved once, so the evaluation is of one version even if the alias moves meanwhile."""
+    body = model_uri.removeprefix("models:/")
+    if body == model_uri or not body:
+        raise ValueError(f"{model_uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
+    if "@" in body:
+        name, alias = body.rsplit("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = body.rpartition("/")
+    if not name or not version.isdigit():
+        raise ValueError(f"{model_uri!r}: expected models:/<name>/<version> (a number) or models:/<name>@<alias>")
+    return name, str(client.get_model_version(name, version).version)
+
+
+def evaluate_registered_model(
+    model_uri: str,
+    dataset: Any,
+    *,
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    batch_size: int = 8,
+    experiment: str = EVALUATION_EXPERIMENT,
+    client: Any = None,
+) -> ModelEvaluation:
+    """Run a registered detector of any framework (loaded through MLflow pyfunc, fed and read as
+    the inference server does: cvops.detection_schema) on ``dataset`` and log the evaluation as a
+    run of ``experiment``: COCO-style ``eval/mAP``, ``eval/AP50``, ``eval/AP75``, ``eval/AP/<class>``,
+    the per-class table, PR curves, confusion matrix, samples and ``inference/latency_*``, with
+    the dataset as an ``evaluation`` input (its digest).
+
+    ``dataset``: a path (:func:`cvops.detection_dataset.load_detection_dataset`) or a loaded
+    ``DetectionDataset``. The model's class ids are matched to the dataset's categories by name,
+    through the version tag ``cvops.class_names`` (set by the framework adapters) or ``class_names``
+    (a list indexed by class id, or id -> name), which wins. Predictions of classes the dataset
+    does not have are left out and counted (``eval/predictions_outside_dataset_classes``).
+
+    The run is tagged ``cvops.evaluated_model`` = ``models:/<name>/<version>``; the version gets
+    the tag ``cvops.evaluation.<digest>`` with the run id and the headline numbers.
+    """
+    import json
+
+    import mlflow.pyfunc
+    from mlflow import MlflowClient
+
+    import cvops
+    from cvops.detection_dataset import DetectionDataset, class_index, load_detection_dataset
+    from cvops.detection_schema import CLASS_NAMES_TAG, InputFormat, class_names_from_tag, read_output
+
+    client = client or MlflowClient()
+    name, version = resolve_model_uri(model_uri, client)
+    data = dataset if isinstance(dataset, DetectionDataset) else load_detection_dataset(dataset)
+    if class_names is not None:
+        model_classes = dict(class_names.items()) if isinstance(class_names, Mapping) else dict(enumerate(class_names))
+    else:
+        model_classes = class_names_from_tag(client.get_model_version(name, version).tags.get(CLASS_NAMES_TAG))
+        if not model_classes:
+            raise ValueError(
+                f"models:/{name}/{version} has no {CLASS_NAMES_TAG} tag naming its classes (cvops' framework adapters "
+                f"set it when they register); pass class_names= (--class-names), index = class id"
+            )
+    to_dataset_class = class_index(model_classes, data.class_names)
+    images = data.load_images()
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    input_format = InputFormat.of(model)
+    outside = 0
+
+    def predict_batch(batch: Sequence[np.ndarray]) -> list[Detections]:
+        nonlocal outside
+        found = []
+        for image_detections in read_output(model.predict(input_format.model_input(batch)), batch, input_format):
+            known = np.array([c in to_dataset_class for c in image_detections.class_ids.tolist()], dtype=bool)
+            outside += int((~known).sum())
+            found.append(Detections(
+                image_detections.boxes[known],
+                [to_dataset_class[c] for c in image_detections.class_ids[known].tolist()],
+                image_detections.scores[known],
+            ))
+        return found
+
+    evaluated = f"models:/{name}/{version}"
+    tags = {EVALUATED_MODEL_TAG: evaluated, "task": "evaluation"}
+    with cvops.start_run(experiment=experiment, run_name=f"evaluate {name} v{version}", tags=tags) as run:
+        if not run.enabled:
+            raise RuntimeError("evaluate_registered_model logs an evaluation run: set MLFLOW_TRACKING_URI")
+        digest = run.log_dataset(data.root, name=data.annotations.stem, context="evaluation", files=data.files)
+        run.set_tags({EVALUATED_DIGEST_TAG: digest})
+        run.log_params({"model_uri": evaluated, "dataset": str(data.annotations), "batch_size": batch_size,
+                        "images": len(images)})
+        result = evaluate_detector(run, predict_batch, images, data.ground_truth, data.class_names,
+                                   batch_size=batch_size)
+        run.log_metrics({OUTSIDE_CLASSES_METRIC: outside})
+        run.flush()
+        run_id = run.run_id
+    evaluated_version = ModelEvaluation(name, version, run_id, digest, dict(client.get_run(run_id).data.metrics), result)
+    client.set_model_version_tag(name, version, VERSION_EVALUATION_TAG_PREFIX + digest,
+                                 json.dumps({"run_id": run_id, **evaluated_version.headline_metrics()}))
+    return evaluated_version

@@ -20,12 +20,13 @@ import math
 import os
 import types
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from cvops.detection_schema import CLASS_NAMES_TAG, class_names_tag_value
 from cvops.tracking.names import sanitize_metric_name
 
 CHAMPION = "champion"
@@ -62,11 +63,15 @@ def _flavor_module(flavor: str | types.ModuleType) -> types.ModuleType:
 
 def log_model_and_register(run, model: Any, flavor: str | types.ModuleType, *, registered_model_name: str,
                            name: str = "model", signature=None, input_example=None,
-                           aliases: Iterable[str] = (), **flavor_kwargs) -> RegisteredVersion:
+                           aliases: Iterable[str] = (), class_names: Sequence[str] | Mapping[int, str] | None = None,
+                           **flavor_kwargs) -> RegisteredVersion:
     """Log ``model`` with MLflow flavor ``flavor`` to ``run`` (MLflow 3 ``name=``) and register it.
 
     ``signature`` is inferred from ``input_example`` by MLflow when not given. ``aliases`` are
-    set on the new version right away (use :func:`promote` for ``champion``).
+    set on the new version right away (use :func:`promote` for ``champion``). ``class_names``
+    (a list indexed by class id, or id -> name) become the version tag ``cvops.class_names``,
+    which the inference server answers names with and :func:`cvops.evaluation.evaluate_registered_model`
+    matches the model's classes to a dataset's categories with.
     """
     if not getattr(run, "enabled", False):
         raise RuntimeError("log_model_and_register needs a tracked run (tracking is off for this one)")
@@ -85,6 +90,8 @@ def log_model_and_register(run, model: Any, flavor: str | types.ModuleType, *, r
             **_model_argument(flavor, model), **flavor_kwargs,
         )
     version = str(info.registered_model_version)
+    if class_names:
+        client.set_model_version_tag(registered_model_name, version, CLASS_NAMES_TAG, class_names_tag_value(class_names))
     for alias in aliases:
         client.set_registered_model_alias(registered_model_name, alias, version)
     return RegisteredVersion(registered_model_name, version, info.model_uri, run_id)
@@ -169,6 +176,18 @@ class GateCheck:
     reason: str
 
 
+@dataclass(frozen=True)
+class Reevaluation:
+    """The fair comparison behind a decision: both versions scored on one dataset by the same
+    code (cvops.evaluation.evaluate_registered_model). ``challenger``/``champion``: the
+    evaluation runs as ``{"model_uri", "run_id", "metrics"}``; no champion, None."""
+
+    dataset: str
+    dataset_digest: str
+    challenger: dict
+    champion: dict | None
+
+
 @dataclass
 class PromotionDecision:
     registered_model_name: str
@@ -177,12 +196,19 @@ class PromotionDecision:
     champion_version: str | None
     promoted: bool
     checks: list[GateCheck] = field(default_factory=list)
+    reevaluation: Reevaluation | None = None  # None: gated on the metrics each version's run logged
 
     def summary(self) -> str:
         verdict = "PROMOTED" if self.promoted else "NOT promoted"
         champion = f"v{self.champion_version}" if self.champion_version else "no current champion"
         lines = [f"{self.registered_model_name} v{self.challenger_version} {verdict} to @{self.alias} "
                  f"(vs {champion})"]
+        if self.reevaluation is not None:
+            runs = [f"challenger run {self.reevaluation.challenger['run_id']}"]
+            if self.reevaluation.champion is not None:
+                runs.append(f"champion run {self.reevaluation.champion['run_id']}")
+            lines.append(f"  re-evaluated on {self.reevaluation.dataset} (digest {self.reevaluation.dataset_digest}): "
+                         + ", ".join(runs))
         lines += [f"  [{'pass' if c.passed else 'FAIL'}] {c.metric}: {c.reason}" for c in self.checks]
         return "\n".join(lines)
 
@@ -225,8 +251,19 @@ def _check(gate: Gate, challenger: dict[str, float], champion: dict[str, float] 
 
 
 def promote(registered_model_name: str, challenger_version: str | int, gates: Iterable[Gate],
-            alias: str = CHAMPION, client: MlflowClient | None = None, dry_run: bool = False) -> PromotionDecision:
-    """Compare a version's run metrics with the current ``alias`` holder and the gates' bounds.
+            alias: str = CHAMPION, client: MlflowClient | None = None, dry_run: bool = False,
+            reevaluate_on: Any = None, class_names: Sequence[str] | Mapping[int, str] | None = None,
+            ) -> PromotionDecision:
+    """Compare a version's metrics with the current ``alias`` holder's and the gates' bounds.
+
+    By default the metrics are those each version's training run logged, possibly on different
+    data with different code. ``reevaluate_on`` (a detection dataset: a path or a
+    ``DetectionDataset``, cvops.detection_dataset) makes it fair: challenger and champion are
+    each evaluated on it by :func:`cvops.evaluation.evaluate_registered_model` (``class_names``
+    is passed on), the gates read those runs' metrics (``eval/mAP``, ``eval/AP/<class>``,
+    ``inference/latency_p95_ms``...), and the decision records the dataset digest and both
+    evaluations (run ids; headline and gated metrics, all of them are on the runs); the version's
+    description (its model card) gets a section showing them.
 
     NaN (what COCO evaluators report for AP when a model detected nothing) fails a challenger's
     gate; a champion's NaN leaves only the bounds to check. cvops' own ``eval/mAP`` is 0, not
@@ -248,19 +285,77 @@ def promote(registered_model_name: str, challenger_version: str | int, gates: It
         champion = None
     if champion is not None and champion.version == challenger.version:
         champion = None  # re-evaluating the current champion: bounds only
-    challenger_metrics = _run_metrics(client, challenger.run_id)
-    champion_metrics = _run_metrics(client, champion.run_id) if champion is not None else None
+    reevaluation = None
+    if reevaluate_on is None:
+        challenger_metrics = _run_metrics(client, challenger.run_id)
+        champion_metrics = _run_metrics(client, champion.run_id) if champion is not None else None
+    else:
+        reevaluation = _reevaluate(registered_model_name, challenger, champion, reevaluate_on, class_names,
+                                   [sanitize_metric_name(gate.metric) for gate in gates], client)
+        challenger_metrics = reevaluation.challenger["metrics"]
+        champion_metrics = reevaluation.champion["metrics"] if reevaluation.champion is not None else None
     checks = [_check(gate, challenger_metrics, champion_metrics) for gate in gates]
     decision = PromotionDecision(
         registered_model_name=registered_model_name, alias=alias, challenger_version=str(challenger.version),
         champion_version=str(champion.version) if champion is not None else None,
-        promoted=all(check.passed for check in checks) and not dry_run, checks=checks,
+        promoted=all(check.passed for check in checks) and not dry_run, checks=checks, reevaluation=reevaluation,
     )
     if decision.promoted:
         client.set_registered_model_alias(registered_model_name, alias, str(challenger.version))
     client.set_model_version_tag(registered_model_name, str(challenger.version), DECISION_TAG,
                                  json.dumps(decision.to_dict())[:5000])
+    if reevaluation is not None:
+        description = client.get_model_version(registered_model_name, str(challenger.version)).description or ""
+        section = promotion_section(decision)
+        # The card (log_model_card) stays, its previous promotion section is replaced; the
+        # registry's description column holds 5000 characters.
+        card = description.split(PROMOTION_SECTION, 1)[0].rstrip()[:_DESCRIPTION_LIMIT - len(section) - 2]
+        client.update_model_version(registered_model_name, str(challenger.version),
+                                    description=f"{card}\n\n{section}".lstrip()[:_DESCRIPTION_LIMIT])
     return decision
+
+
+def _reevaluate(name: str, challenger, champion, dataset: Any, class_names, gated: list[str],
+                client: MlflowClient) -> Reevaluation:
+    from cvops.detection_dataset import DetectionDataset, load_detection_dataset
+    from cvops.evaluation import evaluate_registered_model
+
+    data = dataset if isinstance(dataset, DetectionDataset) else load_detection_dataset(dataset)
+    evaluations = [
+        evaluate_registered_model(f"models:/{name}/{version.version}", data, class_names=class_names, client=client)
+        for version in (challenger, champion) if version is not None
+    ]
+    return Reevaluation(
+        dataset=str(data.annotations), dataset_digest=evaluations[0].dataset_digest,
+        challenger=evaluations[0].record(also=gated),
+        champion=evaluations[1].record(also=gated) if champion is not None else None,
+    )
+
+
+PROMOTION_SECTION = "## Promotion evaluation"
+_DESCRIPTION_LIMIT = 5000
+
+
+def promotion_section(decision: PromotionDecision) -> str:
+    """Markdown for the model card: the dataset both versions were scored on, each evaluation run
+    and the gated numbers side by side."""
+    evaluated = decision.reevaluation
+    verdict = "promoted" if decision.promoted else "not promoted"
+    lines = [PROMOTION_SECTION, "",
+             f"v{decision.challenger_version} {verdict} to `@{decision.alias}`, both versions evaluated by "
+             f"`cvops.evaluation.evaluate_registered_model` on `{evaluated.dataset}` "
+             f"(digest `{evaluated.dataset_digest}`).", "",
+             "| | version | evaluation run |", "|---|---|---|",
+             f"| challenger | {decision.challenger_version} | `{evaluated.challenger['run_id']}` |"]
+    if evaluated.champion is not None:
+        lines.append(f"| champion | {decision.champion_version} | `{evaluated.champion['run_id']}` |")
+    lines += ["", "| gate | challenger | champion | result |", "|---|---|---|---|"]
+    for check in decision.checks:
+        champion = "" if check.champion is None else f"{check.champion:.6g}"
+        challenger = "" if check.challenger is None else f"{check.challenger:.6g}"
+        lines.append(f"| {check.metric} | {challenger} | {champion} | {'pass' if check.passed else 'FAIL'}: "
+                     f"{check.reason} |")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- model card

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-_COMMAND_MODULES = ("sync", "jobs", "sweep", "doctor", "tfod")
+_COMMAND_MODULES = ("sync", "jobs", "sweep", "doctor", "tfod", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -130,9 +130,11 @@ def log_detector(
     artifacts: dict[str, str],
     registered_model_name: str,
     framework_requirements: Sequence[tuple[str, ...]],
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
 ):
-    """Log a detector PythonModel with its files, register it, and point ``@candidate`` at the
-    new version (cvops.registry); returns the RegisteredVersion."""
+    """Log a detector PythonModel with its files, register it with its ``class_names`` (the
+    classes it answers, by id) and point ``@candidate`` at the new version (cvops.registry);
+    returns the RegisteredVersion."""
     from cvops import registry
 
     version = registry.log_model_and_register(
@@ -144,15 +146,17 @@ def log_detector(
         code_paths=[_cvops_code_path()],
         pip_requirements=pinned_requirements(*framework_requirements, *_DETECTOR_RUNTIME),
         aliases=(CANDIDATE,),
+        class_names=class_names,
     )
     announce(version)
     return version
 
 
-def log_keras_model(run: Any, model: Any, *, input_example: Any, registered_model_name: str):
+def log_keras_model(run: Any, model: Any, *, input_example: Any, registered_model_name: str,
+                    class_names: Sequence[str] = ()):
     """Log a Keras model (``mlflow.tensorflow`` on the TensorFlow backend, Keras 2 and 3;
     ``mlflow.keras`` on other Keras 3 backends) with a signature inferred from ``input_example`` and the model's output on it,
-    and register it (cvops.registry)."""
+    and register it with its ``class_names`` (index = class id; cvops.registry)."""
     import keras
     from mlflow.models import infer_signature
 
@@ -171,7 +175,7 @@ def log_keras_model(run: Any, model: Any, *, input_example: Any, registered_mode
         flavor, example = "keras", None
     version = registry.log_model_and_register(
         run, model, flavor, registered_model_name=registered_model_name, signature=signature,
-        input_example=example, aliases=(CANDIDATE,),
+        input_example=example, aliases=(CANDIDATE,), class_names=class_names,
         pip_requirements=pinned_requirements(TENSORFLOW, ("keras",), ("numpy",), ("cloudpickle",)),
     )
     announce(version)

@@ -269,6 +269,7 @@ class CvopsHook(_HookBase):
                     self._save_weights(output_dir / "model_weights.pth"),
                     _dump_config(self.trainer.cfg),
                     registered_model_name=self.registered_model_name,
+                    class_names=self._trained_classes(),
                 )
         self._log_final_evaluation()
         if self.sample_images:
@@ -287,6 +288,14 @@ class CvopsHook(_HookBase):
         torch = require("torch", extra="detectron2")
         torch.save({"model": _unwrapped(self.trainer.model).state_dict()}, path)
         return path
+
+    def _trained_classes(self) -> list[str]:
+        """The names of the classes the model predicts (pred_classes indexes them): the first
+        training dataset's ``thing_classes``, as DatasetCatalog's contiguous ids number them."""
+        from detectron2.data import MetadataCatalog
+
+        train_sets = list(self.trainer.cfg.get("DATASETS", {}).get("TRAIN", ()))
+        return list(MetadataCatalog.get(train_sets[0]).get("thing_classes", [])) if train_sets else []
 
     @never_raises
     def _log_final_evaluation(self) -> None:
@@ -412,7 +421,8 @@ class Detectron2Detector(mlflow.pyfunc.PythonModel):
         )
 
 
-def log_detectron2_model(run: Any, weights: str | Path, config_yaml: str, *, registered_model_name: str):
+def log_detectron2_model(run: Any, weights: str | Path, config_yaml: str, *, registered_model_name: str,
+                         class_names: Sequence[str] = ()):
     config_path = Path(weights).with_name("cvops_model_config.yaml")
     config_path.write_text(config_yaml)
     return _pyfunc.log_detector(
@@ -422,4 +432,5 @@ def log_detectron2_model(run: Any, weights: str | Path, config_yaml: str, *, reg
         registered_model_name=registered_model_name,
         framework_requirements=[("torch",), ("torchvision",), ("detectron2",),
                                 ("opencv-python-headless", "opencv-python")],
+        class_names=class_names,
     )

@@ -203,7 +203,8 @@ class CvopsCallback(keras.callbacks.Callback):
             self._evaluate()
         if self.registered_model_name and not self._defer_to_autolog:
             _pyfunc.log_keras_model(
-                self.run, self.model, input_example=self.input_example, registered_model_name=self.registered_model_name
+                self.run, self.model, input_example=self.input_example, registered_model_name=self.registered_model_name,
+                class_names=self.class_names,
             )
 
     def _evaluate(self) -> None:

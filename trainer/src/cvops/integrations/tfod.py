@@ -38,7 +38,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import mlflow.pyfunc
 
@@ -413,7 +413,8 @@ class TFODBridge:
             raise FileNotFoundError(f"exporter finished but wrote no {saved_model}/saved_model.pb")
         if registered_model_name:
             self.registered_version = log_saved_model_detector(
-                self.run, saved_model, registered_model_name=registered_model_name
+                self.run, saved_model, registered_model_name=registered_model_name,
+                class_names=label_map_of(read_pipeline_config(self.pipeline_config_path)),
             )
         log_exported_model_evaluation(self.run, saved_model, self.pipeline_config_path, step=self.plan.num_steps)
         return saved_model
@@ -470,14 +471,28 @@ class SavedModelDetector(mlflow.pyfunc.PythonModel):
         return _pyfunc.detections_frame([self._detect(image) for image in _pyfunc.images_from_model_input(model_input)])
 
 
-def log_saved_model_detector(run: Any, saved_model: str | Path, *, registered_model_name: str):
+def log_saved_model_detector(run: Any, saved_model: str | Path, *, registered_model_name: str,
+                             class_names: Mapping[int, str] | None = None):
+    """``class_names``: label-map id -> name, the ids the detector answers (:func:`label_map_of`)."""
     return _pyfunc.log_detector(
         run,
         SavedModelDetector(),
         artifacts={"saved_model": str(saved_model)},
         registered_model_name=registered_model_name,
         framework_requirements=[_pyfunc.TENSORFLOW],
+        class_names=class_names,
     )
+
+
+def label_map_of(config: dict[str, Any]) -> dict[int, str]:
+    """pipeline.config's label map (train_input_reader's, else the first eval_input_reader's); {}
+    when neither names one."""
+    for key in ("train_input_reader", "eval_input_reader"):
+        reader = config.get(key)
+        reader = reader[0] if isinstance(reader, list) else reader
+        if reader and reader.get("label_map_path"):
+            return read_label_map(reader["label_map_path"])
+    return {}
 
 
 def read_label_map(path: str | Path) -> dict[int, str]:

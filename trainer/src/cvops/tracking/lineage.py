@@ -15,6 +15,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from mlflow.utils.validation import MAX_DATASET_DIGEST_SIZE
 
@@ -61,12 +62,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def dataset_digest(path: Path, cache_dir: Path) -> DatasetDigest:
-    """SHA-256 over the files under ``path`` (or of the file itself), with cached per-file digests."""
+def dataset_digest(path: Path, cache_dir: Path, files: Sequence[Path] | None = None) -> DatasetDigest:
+    """SHA-256 over the files under ``path`` (or of the file itself), with cached per-file digests.
+    ``files`` (under ``path``) limits it to those: an evaluation set that is one split's annotation
+    file and the images it names, where the folder also holds the training split."""
     path = Path(path).resolve()
     if not path.exists():
         raise FileNotFoundError(f"dataset path {path} does not exist")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if files is not None:
+        files = sorted({Path(file).resolve() for file in files})
+        outside = [file for file in files if file != path and path not in file.parents]
+        if outside:
+            raise ValueError(f"dataset files must lie under {path}; {outside[0]} does not")
+    elif path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file())
     cache = DigestCache(Path(cache_dir) / "dataset-digests.sqlite")
     total = hashlib.sha256()
     nbytes = 0
@@ -91,8 +102,10 @@ def dataset_digest(path: Path, cache_dir: Path) -> DatasetDigest:
     return DatasetDigest(total.hexdigest(), len(files), nbytes)
 
 
-def dataset_input(path_or_uri: str | os.PathLike, name: str, context: str, cache_dir: Path) -> dict:
-    """The ``DatasetInput`` (as the REST API's JSON) for ``mlflow.log_input``'s REST call."""
+def dataset_input(path_or_uri: str | os.PathLike, name: str, context: str, cache_dir: Path,
+                  files: Sequence[Path] | None = None) -> dict:
+    """The ``DatasetInput`` (as the REST API's JSON) for ``mlflow.log_input``'s REST call;
+    ``files``: only these files under a local path make the digest (:func:`dataset_digest`)."""
     text = os.fspath(path_or_uri)
     is_remote = "://" in text and not text.startswith("file://")
     if is_remote:
@@ -101,7 +114,7 @@ def dataset_input(path_or_uri: str | os.PathLike, name: str, context: str, cache
         source_type, source, profile = _remote_source(text), text, {"digest_of": "uri"}
     else:
         local = Path(text.removeprefix("file://")).expanduser().resolve()
-        digest = dataset_digest(local, cache_dir)
+        digest = dataset_digest(local, cache_dir, files)
         sha, source_type, source = digest.sha256, "local", local.as_uri()
         profile = {"digest_of": "content", "files": digest.files, "bytes": digest.bytes}
     source_json = json.dumps({"url": source} if source_type == "http" else {"uri": source})

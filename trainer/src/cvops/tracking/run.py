@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
@@ -356,14 +356,19 @@ class Run:
         self.log_artifact(path, artifact_path="config")
 
     # ----------------------------------------------------------------- lineage
-    def log_dataset(self, path_or_uri: str | os.PathLike, name: str, context: str = "training") -> None:
+    def log_dataset(self, path_or_uri: str | os.PathLike, name: str, context: str = "training",
+                    files: Sequence[str | os.PathLike] | None = None) -> str:
         """Record the dataset (name, source, content digest) as a run input; hashes on this thread.
+        Returns the digest.
 
         Local paths are hashed file by file (cached by path, mtime and size under the cvops
         cache directory, so only changed files are read again); remote URIs are identified by URI.
+        ``files`` (under the local path) limits the digest to them, e.g. one split of a folder.
         """
-        dataset_input = lineage.dataset_input(path_or_uri, name, context, self._session.settings.cache_dir)
+        dataset_input = lineage.dataset_input(path_or_uri, name, context, self._session.settings.cache_dir,
+                                              None if files is None else [Path(file) for file in files])
         self._submit("inputs", datasets=[dataset_input])
+        return dataset_input["dataset"]["digest"]
 
     # ----------------------------------------------------------------- structure and lifecycle
     def child(self, run_name: str, tags: Mapping[str, Any] | None = None) -> Run:
