@@ -303,3 +303,42 @@ def test_setup_then_two_workers_run_one_trial_each_and_the_last_registers_the_be
     assert len(optuna.load_study(study_name=study_name, storage=optuna_storage).trials) == 2
     assert client.get_run(parent_id).info.status == "FINISHED"
 
+
+
+def test_a_worker_pod_stopped_with_sigterm_fails_its_trial_and_leaves_the_sweep_open(
+    tracking_server, optuna_storage, tmp_path, monkeypatch
+):
+    """`kubectl delete` of a pod sends its worker SIGTERM: the trial is stopped (run KILLED, study
+    FAIL) and the parent run stays RUNNING for the other pods."""
+    import contextlib
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    study_name = f"stopped-{uuid.uuid4().hex[:6]}"
+    spec = write_sweep(tmp_path, study_name, enqueued=[{"lr": 0.01, "behaviour": "hang"}], trials=2)
+    env = sweep_env(tracking_server, tmp_path, optuna_storage)
+    finished(cvops("sweep", "--setup", str(spec), env=env, cwd=tmp_path))
+    worker = cvops("sweep", "--worker", str(spec), env=env, cwd=tmp_path)
+    pid_file = tmp_path / "hang.pid"
+    deadline = time.monotonic() + 120
+    while not pid_file.exists():
+        assert time.monotonic() < deadline and worker.poll() is None, worker.communicate()[0]
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGTERM)
+    try:
+        output, _ = worker.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the trial, had the worker not stopped it
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert worker.returncode == 130, output
+
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, env[name])
+    client = MlflowClient(tracking_server.url)
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    [trial] = study.trials
+    assert trial.state.name == "FAIL", output
+    assert client.get_run(trial.user_attrs["run_id"]).info.status == "KILLED"
+    assert client.get_run(study.user_attrs["cvops.parent_run_id"]).info.status == "RUNNING"

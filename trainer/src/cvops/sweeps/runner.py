@@ -401,23 +401,33 @@ def _record_spec(spec: SweepSpec, parent) -> None:
 
 
 def _run_workers(sweep: _Sweep, gpu_groups: list[tuple[str, ...]]) -> str:
-    """Run ``sweep.work`` once per GPU group until the budget is spent; KILLED on Ctrl-C."""
-    workers = [threading.Thread(target=sweep.work, args=(group,), daemon=True) for group in gpu_groups]
+    """Run ``sweep.work`` once per GPU group until the budget is spent; KILLED on Ctrl-C.
+
+    The main thread waits on events, not ``Thread.join``: a KeyboardInterrupt that lands in a
+    join makes CPython report the thread finished, and the stopped trials would never be told."""
+
+    def work(group: tuple[str, ...], done: threading.Event) -> None:
+        try:
+            sweep.work(group)
+        finally:
+            done.set()
+
+    workers_done = [threading.Event() for _ in gpu_groups]
     done_beating = threading.Event()
     threading.Thread(target=sweep.beat, args=(done_beating,), daemon=True).start()
     status = "FINISHED"
     try:
-        for worker in workers:
-            worker.start()
+        for group, done in zip(gpu_groups, workers_done):
+            threading.Thread(target=work, args=(group, done), daemon=True).start()
             time.sleep(0.05)  # staggered, so the first asks do not all hit the database at once
-        for worker in workers:
-            while worker.is_alive():
-                worker.join(0.5)
+        for done in workers_done:
+            while not done.wait(0.5):
+                pass
     except KeyboardInterrupt:
         print("[sweep] stopping: no new trials; running ones are stopped", file=sweep.out, flush=True)
         sweep.stop()
-        for worker in workers:
-            worker.join()
+        for done in workers_done:
+            done.wait()
         status = "KILLED"
     done_beating.set()
     return status
