@@ -182,6 +182,14 @@ def test_a_sweep_renders_a_configmap_and_an_indexed_job_valid_against_the_api_sc
     assert trainer["resources"]["limits"] == {"nvidia.com/gpu": "1", "cpu": "8", "memory": "32Gi"}
 
 
+def test_a_cpu_sweep_asks_for_no_gpu_even_when_its_template_job_does():
+    _, job = render_sweep_objects(gpus_per_trial=0)
+    validate(job)
+    pod = job["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+    assert "tolerations" not in pod
+
+
 def test_a_trial_failing_is_not_a_pod_failure_but_a_wrong_spec_stops_the_job():
     _, job = render_sweep_objects()
     rules = job["spec"]["podFailurePolicy"]["rules"]
@@ -246,10 +254,11 @@ def test_cli_renders_a_sweep_to_a_file_and_names_the_missing_tracking_url(tmp_pa
     refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "kubernetes.tracking_uri" in refused.stderr
     output = tmp_path / "sweep-k8s.yaml"
-    done = subprocess.run(command + ["--tracking-uri", "http://mlflow.cvops:5000", "-o", str(output)],
+    done = subprocess.run(command + ["--tracking-uri", "http://mlflow.cvops:5000", "--trials", "12", "-o", str(output)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     objects = list(yaml.safe_load_all(output.read_text()))
     assert [item["kind"] for item in objects] == ["ConfigMap", "Job"]
+    assert objects[1]["spec"]["completions"] == 12 and "trials: 12" in objects[0]["data"]["sweep.yaml"]
     for item in objects:
         validate(item)
