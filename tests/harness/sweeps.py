@@ -57,7 +57,8 @@ def sweep_env(server, tmp_path, storage_url: str) -> dict[str, str]:
     return env
 
 
-def write_sweep(tmp_path, study: str, enqueued=ENQUEUED, heartbeat_s: int = 30) -> Path:
+def write_sweep(tmp_path, study: str, enqueued=ENQUEUED, heartbeat_s: int = 30, trials: int = 6,
+                extra: str = "") -> Path:
     (tmp_path / "objective.py").write_text(OBJECTIVE.read_text())
     path = tmp_path / "sweep.yaml"
     path.write_text(textwrap.dedent(f"""
@@ -74,11 +75,11 @@ def write_sweep(tmp_path, study: str, enqueued=ENQUEUED, heartbeat_s: int = 30) 
         sampler: random
         seed: 0
         pruner: {{type: median, startup_trials: 2}}
-        trials: 6
+        trials: {trials}
         parallelism: 2
         enqueue: {enqueued!r}
         heartbeat_s: {heartbeat_s}
-    """))
+    """) + extra)
     return path
 
 

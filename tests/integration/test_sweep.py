@@ -26,7 +26,8 @@ def test_a_sweep_tracks_every_trial_as_a_child_run_and_resumes_from_two_processe
     from mlflow.tracking import MlflowClient
 
     study_name = f"sweep-{uuid.uuid4().hex[:6]}"
-    spec = write_sweep(tmp_path, study_name)
+    # These trials log no model: the registration the spec asks for is noted as impossible.
+    spec = write_sweep(tmp_path, study_name, extra=f"register: {{name: never-{study_name}}}\n")
     env = sweep_env(tracking_server, tmp_path, optuna_storage)
     output = finished(cvops("sweep", str(spec), env=env, cwd=tmp_path))
 
@@ -60,6 +61,8 @@ def test_a_sweep_tracks_every_trial_as_a_child_run_and_resumes_from_two_processe
     best_history = client.get_metric_history(parent_id, "sweep/best_value")
     assert best_history[-1].value == pytest.approx(study.best_value) and best_history[-1].step == 6
     assert parent.info.status == "FINISHED"
+    assert "logged no model named 'model'" in parent.data.tags["cvops.sweep_error"], output
+    assert "registered_version" not in parent.data.tags
     artifacts = {item.path for item in client.list_artifacts(parent_id, "sweep")}
     assert {"sweep/optimization_history.png", "sweep/param_importances.png", "sweep/sweep.yaml"} <= artifacts
 
@@ -166,3 +169,99 @@ def test_the_keras_callback_prunes_a_trial_worse_than_the_completed_ones(trackin
     assert tracked.data.tags["pruned"] == "true" and tracked.data.tags["pruned_at_step"] == "0"
     assert study.trials[trial.number].intermediate_values == {0: pytest.approx(history.history["val_loss"][0])}
     assert optuna.load_study(study_name=study_name, storage=optuna_storage).trials[trial.number].state.name == "RUNNING"
+
+
+def test_setup_then_two_workers_run_one_trial_each_and_the_last_registers_the_best_model(
+    tracking_server, optuna_storage, tmp_path, monkeypatch
+):
+    """The pods of `cvops sweep --render k8s`, as local processes: `--setup` (the init container)
+    creates the study and leaves the parent run open; two `--worker`s at once each run one trial of
+    the shared study in place; the sweep closes once (one model version, though the workers end
+    together) and a worker arriving after the budget is spent runs nothing."""
+    import re
+
+    from mlflow.tracking import MlflowClient
+
+    study_name = f"workers-{uuid.uuid4().hex[:6]}"
+    model_name = f"best-{study_name}"
+    spec = write_sweep(
+        tmp_path, study_name, enqueued=[{"lr": 0.1, "behaviour": "good"}, {"lr": 0.01, "behaviour": "good"}],
+        trials=2, extra=f"register: {{name: {model_name}, alias: challenger}}\n",
+    )
+    env = {**sweep_env(tracking_server, tmp_path, optuna_storage), "OBJECTIVE_LOGS_MODEL": "1"}
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, env[name])
+    client = MlflowClient(tracking_server.url)
+
+    finished(cvops("sweep", "--setup", str(spec), env=env, cwd=tmp_path))
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    parent_id = study.user_attrs["cvops.parent_run_id"]
+    assert client.get_run(parent_id).info.status == "RUNNING"
+    assert [trial.state.name for trial in study.trials] == ["WAITING", "WAITING"]  # enqueued, none started
+
+    outputs = [finished(worker) for worker in
+               [cvops("sweep", "--worker", str(spec), env=env, cwd=tmp_path) for _ in range(2)]]
+    asked = [re.findall(r"\[sweep\] trial (\d+) \{", output) for output in outputs]
+    assert sorted(asked) == [["0"], ["1"]], outputs
+    trials = optuna.load_study(study_name=study_name, storage=optuna_storage).get_trials()
+    assert [trial.state.name for trial in trials] == ["COMPLETE", "COMPLETE"]
+    runs = [client.get_run(trial.user_attrs["run_id"]) for trial in trials]
+    for number, run in enumerate(runs):
+        assert run.data.tags["mlflow.parentRunId"] == parent_id and run.data.tags["trial"] == str(number)
+        assert run.info.status == "FINISHED"
+    assert [float(run.data.params["lr"]) for run in runs] == [pytest.approx(0.1), pytest.approx(0.01)]
+
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED", outputs
+    assert parent.data.tags["best_trial"] == "1"
+    [version] = client.search_model_versions(f"name = '{model_name}'")
+    assert version.run_id == runs[1].info.run_id
+    assert client.get_model_version_by_alias(model_name, "challenger").version == version.version
+    assert parent.data.tags["registered_version"] == version.version
+    assert parent.data.tags["registered_model"] == model_name and parent.data.tags["registered_trial"] == "1"
+
+    # A pod started after the budget is spent (replaced at the end): its setup and worker do nothing.
+    for mode in ("--setup", "--worker"):
+        assert "nothing to run" in finished(cvops("sweep", mode, str(spec), env=env, cwd=tmp_path))
+    assert len(optuna.load_study(study_name=study_name, storage=optuna_storage).trials) == 2
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+
+def test_a_worker_pod_stopped_with_sigterm_fails_its_trial_and_leaves_the_sweep_open(
+    tracking_server, optuna_storage, tmp_path, monkeypatch
+):
+    """`kubectl delete` of a pod sends its worker SIGTERM: the trial is stopped (run KILLED, study
+    FAIL) and the parent run stays RUNNING for the other pods."""
+    import contextlib
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    study_name = f"stopped-{uuid.uuid4().hex[:6]}"
+    spec = write_sweep(tmp_path, study_name, enqueued=[{"lr": 0.01, "behaviour": "hang"}], trials=2)
+    env = sweep_env(tracking_server, tmp_path, optuna_storage)
+    finished(cvops("sweep", "--setup", str(spec), env=env, cwd=tmp_path))
+    worker = cvops("sweep", "--worker", str(spec), env=env, cwd=tmp_path)
+    pid_file = tmp_path / "hang.pid"
+    deadline = time.monotonic() + 120
+    while not pid_file.exists():
+        assert time.monotonic() < deadline and worker.poll() is None, worker.communicate()[0]
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGTERM)
+    try:
+        output, _ = worker.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the trial, had the worker not stopped it
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert worker.returncode == 130, output
+
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, env[name])
+    client = MlflowClient(tracking_server.url)
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    [trial] = study.trials
+    assert trial.state.name == "FAIL", output
+    assert client.get_run(trial.user_attrs["run_id"]).info.status == "KILLED"
+    assert client.get_run(study.user_attrs["cvops.parent_run_id"]).info.status == "RUNNING"

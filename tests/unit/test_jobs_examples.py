@@ -88,3 +88,5 @@ def test_the_keras_sweep_varies_what_its_training_script_reads():
     script = (job.job_dir / job.command[1]).read_text()
     for name in spec.search_space:
         assert f'"{name}": args.' in script, f"train.py does not take {name} from cvops.sweeps.trial_params()"
+    # Trials log their model (a model name is given); the sweep registers the best one.
+    assert job.command[job.command.index("--model-name") + 1] == spec.registration.name

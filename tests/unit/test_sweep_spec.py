@@ -68,6 +68,9 @@ def test_defaults_and_short_forms():
     assert (spec.sampler, spec.parallelism, spec.gpus_per_trial) == ("tpe", 1, 0)
     assert spec.pruner.type == "hyperband"
     assert parse_sweep_spec(MINIMAL).pruner.type == "none"
+    assert parse_sweep_spec(MINIMAL).registration is None
+    registration = parse_sweep_spec({**MINIMAL, "register": {"name": "shapes", "alias": "challenger"}}).registration
+    assert (registration.name, registration.alias, registration.model) == ("shapes", "challenger", "model")
 
 
 @pytest.mark.parametrize(
@@ -95,6 +98,12 @@ def test_defaults_and_short_forms():
         ({"job": {**JOB, "gpus": "many"}}, "job.gpus", "not a GPU request"),
         ({"job": {key: value for key, value in JOB.items() if key != "image"}}, "job.image", "required field is missing"),
         ({"workers": 3}, "workers", "unknown field"),
+        ({"register": {"alias": "challenger"}}, "register.name", "required field is missing"),
+        ({"register": {"name": "shapes", "alias": "champion"}}, "register.alias", "promotion gate"),
+        ({"register": {"name": "shapes", "alias": "v2"}}, "register.alias", "not v<number> or latest"),
+        ({"register": {"name": "shapes", "alias": "my alias"}}, "register.alias", "letters, digits"),
+        ({"register": {"name": "shapes", "stage": "prod"}}, "register.stage", "unknown field"),
+        ({"kubernetes": {"storage_secret": ""}}, "kubernetes.storage_secret", "at least 1 character"),
     ],
 )
 def test_every_problem_names_its_field(changes, field, message):

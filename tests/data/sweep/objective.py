@@ -2,7 +2,9 @@
 
 base(lr) is smallest at lr = 0.01; behaviour `bad` makes a curve the median pruner must prune
 once two trials have completed; `crash` kills the process mid-run (a worker dying); `hang`
-writes its process id to hang.pid and waits to be killed (its whole sweep process dying)."""
+writes its process id to hang.pid and waits to be killed (its whole sweep process dying). With
+OBJECTIVE_LOGS_MODEL=1 a finished trial logs a small pyfunc model, unregistered, as a trial of a
+sweep that registers its best model does."""
 import math
 import os
 import signal
@@ -27,4 +29,15 @@ with cvops.start_run() as run:
         if cvops.sweeps.report_intermediate(run, {"val_loss": val_loss}, epoch):
             break
         time.sleep(0.3)
+    else:
+        if os.environ.get("OBJECTIVE_LOGS_MODEL") == "1":
+            import mlflow.pyfunc
+
+            from cvops import registry
+
+            class LastLoss(mlflow.pyfunc.PythonModel):
+                def predict(self, context, model_input):
+                    return [val_loss] * len(model_input)
+
+            registry.log_model(run, LastLoss(), "pyfunc", pip_requirements=[])
 print("trial done", params)

@@ -61,40 +61,68 @@ def _flavor_module(flavor: str | types.ModuleType) -> types.ModuleType:
                          "use e.g. 'pytorch', 'keras', 'tensorflow', 'onnx', 'pyfunc'") from None
 
 
-def log_model_and_register(run, model: Any, flavor: str | types.ModuleType, *, registered_model_name: str,
-                           name: str = "model", signature=None, input_example=None,
-                           aliases: Iterable[str] = (), class_names: Sequence[str] | Mapping[int, str] | None = None,
-                           **flavor_kwargs) -> RegisteredVersion:
-    """Log ``model`` with MLflow flavor ``flavor`` to ``run`` (MLflow 3 ``name=``) and register it.
+def log_model(run, model: Any, flavor: str | types.ModuleType, *, name: str = "model", signature=None,
+              input_example=None, registered_model_name: str | None = None, **flavor_kwargs):
+    """Log ``model`` with MLflow flavor ``flavor`` to ``run`` (MLflow 3 ``name=``), registered too
+    when ``registered_model_name`` is given; MLflow's ``ModelInfo``. A sweep's trials log without
+    registering: the sweep registers the best one (:func:`register_logged_model`).
 
-    ``signature`` is inferred from ``input_example`` by MLflow when not given. ``aliases`` are
-    set on the new version right away (use :func:`promote` for ``champion``). ``class_names``
-    (a list indexed by class id, or id -> name) become the version tag ``cvops.class_names``,
-    which the inference server answers names with and :func:`cvops.evaluation.evaluate_registered_model`
-    matches the model's classes to a dataset's categories with.
+    ``signature`` is inferred from ``input_example`` by MLflow when not given.
     """
     if not getattr(run, "enabled", False):
-        raise RuntimeError("log_model_and_register needs a tracked run (tracking is off for this one)")
+        raise RuntimeError("logging a model needs a tracked run (tracking is off for this one)")
     run.flush()
     run_id = run.run_id
     if run_id is None:
-        raise RuntimeError("the run has not reached the tracking server yet (it is offline); register "
+        raise RuntimeError("the run has not reached the tracking server yet (it is offline); log "
                            "the model after `cvops sync`")
     from mlflow.models import Model
 
-    client = _client(run)
-    with _tracking_uri(client.tracking_uri), _active_experiment(run.experiment_id):
-        info = Model.log(
+    with _tracking_uri(_client(run).tracking_uri), _active_experiment(run.experiment_id):
+        return Model.log(
             artifact_path=None, name=name, flavor=_flavor_module(flavor), run_id=run_id,
             registered_model_name=registered_model_name, signature=signature, input_example=input_example,
             **_model_argument(flavor, model), **flavor_kwargs,
         )
+
+
+def log_model_and_register(run, model: Any, flavor: str | types.ModuleType, *, registered_model_name: str,
+                           name: str = "model", signature=None, input_example=None,
+                           aliases: Iterable[str] = (), class_names: Sequence[str] | Mapping[int, str] | None = None,
+                           **flavor_kwargs) -> RegisteredVersion:
+    """:func:`log_model` and register it; ``aliases`` are set on the new version right away (use
+    :func:`promote` for ``champion``). ``class_names`` (a list indexed by class id, or id -> name)
+    become the version tag ``cvops.class_names``, which the inference server answers names with and
+    :func:`cvops.evaluation.evaluate_registered_model` matches the model's classes to a dataset's
+    categories with."""
+    info = log_model(run, model, flavor, name=name, signature=signature, input_example=input_example,
+                     registered_model_name=registered_model_name, **flavor_kwargs)
     version = str(info.registered_model_version)
+    client = _client(run)
     if class_names:
         client.set_model_version_tag(registered_model_name, version, CLASS_NAMES_TAG, class_names_tag_value(class_names))
     for alias in aliases:
         client.set_registered_model_alias(registered_model_name, alias, version)
-    return RegisteredVersion(registered_model_name, version, info.model_uri, run_id)
+    return RegisteredVersion(registered_model_name, version, info.model_uri, run.run_id)
+
+
+def register_logged_model(tracking_uri: str, run_id: str, registered_model_name: str, *, name: str = "model",
+                          aliases: Iterable[str] = ()) -> RegisteredVersion:
+    """Register the model a run already logged as ``name`` (the newest, if it logged several):
+    for a model chosen after training, e.g. a sweep's best trial. LookupError if there is none."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models(
+        [experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'", max_results=1,
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+    )
+    if not found:
+        raise LookupError(f"run {run_id} logged no model named {name!r}")
+    with _tracking_uri(tracking_uri):
+        version = mlflow.register_model(found[0].model_uri, registered_model_name)
+    for alias in aliases:
+        client.set_registered_model_alias(registered_model_name, alias, version.version)
+    return RegisteredVersion(registered_model_name, str(version.version), found[0].model_uri, run_id)
 
 
 @contextlib.contextmanager

@@ -84,12 +84,9 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _render(spec, kind: str, tracking_uri: str | None, network: str | None) -> str:
-    from cvops.jobs.plan import Placement, Provenance, Tracking, docker_cli_args, docker_run_kwargs, git_provenance
+    from cvops.jobs.plan import Placement, Tracking, docker_cli_args, docker_run_kwargs, offline_provenance
 
-    commit, dirty = git_provenance(spec.job_dir)
-    # Offline rendering: the digest is known only when the image is named by digest.
-    digest = spec.image.split("@", 1)[1] if "@" in spec.image else None
-    provenance = Provenance(git_commit=commit, git_dirty=dirty, image_digest=digest)
+    provenance = offline_provenance(spec)
     if kind == "k8s":
         import yaml
 

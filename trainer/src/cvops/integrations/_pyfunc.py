@@ -152,11 +152,11 @@ def log_detector(
     return version
 
 
-def log_keras_model(run: Any, model: Any, *, input_example: Any, registered_model_name: str,
+def log_keras_model(run: Any, model: Any, *, input_example: Any, registered_model_name: str | None,
                     class_names: Sequence[str] = ()):
     """Log a Keras model (``mlflow.tensorflow`` on the TensorFlow backend, Keras 2 and 3;
     ``mlflow.keras`` on other Keras 3 backends) with a signature inferred from ``input_example`` and the model's output on it,
-    and register it with its ``class_names`` (index = class id; cvops.registry)."""
+    and register it with its ``class_names`` (index = class id; cvops.registry) unless ``registered_model_name`` is None."""
     import keras
     from mlflow.models import infer_signature
 
@@ -173,10 +173,14 @@ def log_keras_model(run: Any, model: Any, *, input_example: Any, registered_mode
         # MLflow 3.17's mlflow.keras.save_model writes the input example before it creates the
         # model directory, so logging one fails; the signature still describes the input.
         flavor, example = "keras", None
+    options = {"signature": signature, "input_example": example,
+               "pip_requirements": pinned_requirements(TENSORFLOW, ("keras",), ("numpy",), ("cloudpickle",))}
+    if registered_model_name is None:
+        registry.log_model(run, model, flavor, **options)
+        return None
     version = registry.log_model_and_register(
-        run, model, flavor, registered_model_name=registered_model_name, signature=signature,
-        input_example=example, aliases=(CANDIDATE,), class_names=class_names,
-        pip_requirements=pinned_requirements(TENSORFLOW, ("keras",), ("numpy",), ("cloudpickle",)),
+        run, model, flavor, registered_model_name=registered_model_name, aliases=(CANDIDATE,),
+        class_names=class_names, **options
     )
     announce(version)
     return version

@@ -12,7 +12,8 @@ resumed optimizers), per-epoch sample predictions drawn with boxes for detection
 optional end-of-training evaluation (COCO-style AP, PR curves, confusion matrix, latency) and
 the trained model with signature and input example, registered. As a trial of ``cvops sweep``
 it reports the sweep's objective (a validation metric) every epoch and stops training when the
-trial is pruned.
+trial is pruned, and logs the model without registering it: the sweep registers its best
+trial's model (``register:`` in the sweep spec), so a sweep does not add a version per trial.
 
 MLflow autolog coexistence: ``mlflow.tensorflow.autolog``/``mlflow.keras.autolog`` inject their
 own callback into ``fit``. With ``autolog="disable"`` (default) the callback turns those
@@ -31,7 +32,7 @@ from cvops import evaluation
 from cvops.evaluation import Detections
 from cvops.integrations import _pyfunc
 from cvops.integrations._common import never_raises, require
-from cvops.sweeps.trial import report_intermediate
+from cvops.sweeps.trial import in_trial, report_intermediate
 
 keras = require("keras", extra="keras")
 log = logging.getLogger(__name__)
@@ -203,7 +204,8 @@ class CvopsCallback(keras.callbacks.Callback):
             self._evaluate()
         if self.registered_model_name and not self._defer_to_autolog:
             _pyfunc.log_keras_model(
-                self.run, self.model, input_example=self.input_example, registered_model_name=self.registered_model_name,
+                self.run, self.model, input_example=self.input_example,
+                registered_model_name=None if in_trial() else self.registered_model_name,
                 class_names=self.class_names,
             )
 

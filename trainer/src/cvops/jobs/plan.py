@@ -71,6 +71,13 @@ def git_provenance(job_dir: Path) -> tuple[str | None, bool]:
     return commit, bool(status)
 
 
+def offline_provenance(spec: JobSpec) -> Provenance:
+    """Provenance for a job rendered, not run: the digest is known only when the image is named by digest."""
+    commit, dirty = git_provenance(spec.job_dir)
+    digest = spec.image.split("@", 1)[1] if "@" in spec.image else None
+    return Provenance(git_commit=commit, git_dirty=dirty, image_digest=digest)
+
+
 def job_env(spec: JobSpec, provenance: Provenance, tracking: Tracking) -> dict[str, str]:
     """The environment of the job's container, secrets included (Kubernetes swaps those for refs)."""
     env = {

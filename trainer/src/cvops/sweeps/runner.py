@@ -13,9 +13,14 @@ A sweep process records a heartbeat for its running trials every ``heartbeat_s``
 ``cvops sweep`` on the study fails the trials of a process that stopped beating for
 ``STALE_AFTER_HEARTBEATS`` intervals (a dead host or a SIGKILL) and their runs, so they neither
 stay RUNNING nor hold the budget.
+
+On a cluster (``cvops sweep --render k8s``, :mod:`cvops.sweeps.kubernetes`) the same code runs
+split in two: :func:`setup_sweep` creates or loads the study and its parent run (each pod's init
+container), :func:`run_worker` runs exactly one trial in place, inside the pod.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -41,6 +46,7 @@ TRIAL_TAG = "trial"
 SWEEP_TAG = "sweep"
 BEST_VALUE_METRIC = "sweep/best_value"
 SWEEP_ERROR_TAG = "cvops.sweep_error"
+REGISTERED_TRIAL_TAG = "registered_trial"
 STALE_AFTER_HEARTBEATS = 4
 
 
@@ -128,23 +134,26 @@ class _Sweep:
     provenance: Provenance
     budget: int
     out: TextIO
+    # A `--worker` process: it is the trial's container (a Kubernetes pod), so the trial runs in its
+    # working directory with its environment, and it runs this many trials, then exits.
+    in_place: bool = False
+    trials_per_worker: int | None = None
     ask_lock: threading.Lock = field(default_factory=threading.Lock)
     parent_lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
     processes: set = field(default_factory=set)
+    trials_run: int = 0
     running_trial_ids: set = field(default_factory=set)
 
     # ------------------------------------------------------------------ trials
     def next_trial(self):
-        from optuna.trial import TrialState
-
         with self.ask_lock:
             if self.stopping.is_set():
                 return None
-            started = self.study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING))
-            if len(started) >= self.budget:
+            if _started_count(self.study) >= self.budget:
                 return None
             trial = self.study.ask(self.spec.distributions())
+            self.trials_run += 1
             self.study._storage.record_heartbeat(trial._trial_id)
             self.running_trial_ids.add(trial._trial_id)
             return trial
@@ -157,8 +166,17 @@ class _Sweep:
                 except Exception as error:  # a database blip: the next beat retries
                     print(f"[sweep] heartbeat not recorded: {error}", file=sys.stderr)
 
+    def budget_spent(self) -> bool:
+        """Every trial of the budget has started and none is still running."""
+        from optuna.trial import TrialState
+
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return _started_count(self.study) >= self.budget and not running
+
     def work(self, gpu_uuids: tuple[str, ...]) -> None:
-        while (trial := self.next_trial()) is not None:
+        ran = 0
+        while ran != self.trials_per_worker and (trial := self.next_trial()) is not None:
+            ran += 1
             try:
                 self.run_trial(trial, gpu_uuids)
             except Exception as error:  # one broken trial must not end the others
@@ -187,11 +205,15 @@ class _Sweep:
         self.tell_from_run(trial.number, transport, run_id, exit_code)
 
     def run_command(self, trial, run_id: str, gpu_uuids: tuple[str, ...]) -> int:
-        env = {**os.environ, **job_env(self.job, self.provenance, Tracking(uri=self.tracking_uri, run_id=run_id))}
-        env.update({
+        if self.in_place:
+            # The pod already has the job's environment, working directory and GPUs.
+            env, cwd = {**os.environ, "MLFLOW_RUN_ID": run_id}, None
+        else:
+            env = {**os.environ, **job_env(self.job, self.provenance, Tracking(uri=self.tracking_uri, run_id=run_id))}
             # A local process, not a container (the SDK's container defaults do not apply).
-            "CVOPS_IN_CONTAINER": "0",
-            "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids),
+            env.update({"CVOPS_IN_CONTAINER": "0", "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids)})
+            cwd = self.job.job_dir
+        env.update({
             trial_env.PARAMS_ENV: json.dumps(trial.params),
             trial_env.NUMBER_ENV: str(trial.number),
             trial_env.STUDY_ENV: self.spec.study,
@@ -201,7 +223,7 @@ class _Sweep:
         })
         try:
             process = subprocess.Popen(
-                list(self.job.command), cwd=self.job.job_dir, env=env, stdout=subprocess.PIPE,
+                list(self.job.command), cwd=cwd, env=env, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
             )
         except OSError as error:
@@ -272,6 +294,13 @@ class _Sweep:
                 pass
 
 
+def _started_count(study) -> int:
+    """Trials that count against the budget: all but the enqueued ones not yet asked for."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=tuple(s for s in TrialState if s != TrialState.WAITING)))
+
+
 def _param_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -315,27 +344,41 @@ def _gpu_groups(spec: SweepSpec) -> list[tuple[str, ...]]:
     return groups
 
 
-def run_sweep(spec: SweepSpec, *, resume: bool, budget: int | None, out: TextIO = sys.stdout) -> int:
-    import optuna
-
-    import cvops
+def _tracking_settings():
     from cvops.config import load_settings
 
     settings = load_settings()
     if not settings.enabled:
         raise SweepError(f"a sweep tracks every trial, and tracking is off: {settings.not_tracked_reason}")
-    job = template_job(spec)
-    check_host_paths(job)
-    gpu_groups = _gpu_groups(spec)
+    return settings
+
+
+@dataclass
+class _OpenedSweep:
+    study: Any
+    storage_url: str
+    parent: Any
+    created: bool
+
+
+def _open_sweep(spec: SweepSpec, settings, *, create: bool, load: bool, unless_spent: bool = False) -> _OpenedSweep | None:
+    """The study (stale trials failed) and the sweep's parent run, created with the study; None
+    with ``unless_spent`` when every trial of the budget has started (the parent is left alone)."""
+    import optuna
+
+    import cvops
+
     storage_url = spec.storage_url(os.environ)
     study, created = open_study(
-        spec, storage_url, create=True, load=resume,
+        spec, storage_url, create=create, load=load,
         on_stale_trial=functools.partial(fail_stale_trial_run, settings.tracking_uri),
     )
     optuna.storages.fail_stale_trials(study)
+    if unless_spent and _started_count(study) >= spec.trials:
+        return None
     parent_run_id = None if created else _parent_run_id(study)
     parent = cvops.start_run(
-        experiment=job.experiment, run_name=f"sweep-{spec.study}", tags={SWEEP_TAG: spec.study},
+        experiment=template_job(spec).experiment, run_name=f"sweep-{spec.study}", tags={SWEEP_TAG: spec.study},
         resume_run_id=parent_run_id, settings=settings,
     )
     if parent.run_id is None:
@@ -345,34 +388,178 @@ def run_sweep(spec: SweepSpec, *, resume: bool, budget: int | None, out: TextIO 
         study.set_user_attr(EXPERIMENT_ATTR, parent.experiment_id)
         for params in spec.enqueue:
             study.enqueue_trial(params)
+    return _OpenedSweep(study, storage_url, parent, created)
+
+
+def _record_spec(spec: SweepSpec, parent) -> None:
     parent.log_params({
         "objective": spec.objective.metric, "direction": spec.objective.direction, "sampler": spec.sampler,
         "pruner": spec.pruner.type, "study": spec.study,
     })
     if spec.source_file:
         parent.log_artifact(spec.source_file, "sweep")
-    print(f"[sweep] study {spec.study!r}, parent run {parent.ui_url or parent.run_id}", file=out, flush=True)
-    commit, dirty = git_provenance(job.job_dir)
-    sweep = _Sweep(spec, job, study, storage_url, settings.tracking_uri, parent,
-                   Provenance(git_commit=commit, git_dirty=dirty), budget or spec.trials, out)
-    workers = [threading.Thread(target=sweep.work, args=(group,), daemon=True) for group in gpu_groups]
+
+
+def _run_workers(sweep: _Sweep, gpu_groups: list[tuple[str, ...]]) -> str:
+    """Run ``sweep.work`` once per GPU group until the budget is spent; KILLED on Ctrl-C.
+
+    The main thread waits on events, not ``Thread.join``: a KeyboardInterrupt that lands in a
+    join makes CPython report the thread finished, and the stopped trials would never be told."""
+
+    def work(group: tuple[str, ...], done: threading.Event) -> None:
+        try:
+            sweep.work(group)
+        finally:
+            done.set()
+
+    workers_done = [threading.Event() for _ in gpu_groups]
     done_beating = threading.Event()
     threading.Thread(target=sweep.beat, args=(done_beating,), daemon=True).start()
     status = "FINISHED"
     try:
-        for worker in workers:
-            worker.start()
+        for group, done in zip(gpu_groups, workers_done):
+            threading.Thread(target=work, args=(group, done), daemon=True).start()
             time.sleep(0.05)  # staggered, so the first asks do not all hit the database at once
-        for worker in workers:
-            while worker.is_alive():
-                worker.join(0.5)
+        for done in workers_done:
+            while not done.wait(0.5):
+                pass
     except KeyboardInterrupt:
-        print("[sweep] stopping: no new trials; running ones are stopped", file=out, flush=True)
+        print("[sweep] stopping: no new trials; running ones are stopped", file=sweep.out, flush=True)
         sweep.stop()
-        for worker in workers:
-            worker.join()
+        for done in workers_done:
+            done.wait()
         status = "KILLED"
     done_beating.set()
-    _log_plots(study, parent)
-    parent.end(status)
+    return status
+
+
+@contextlib.contextmanager
+def _closing_lock(storage_url: str, study_name: str):
+    """One process at a time closes the sweep (two workers may end its last trials together): a
+    PostgreSQL advisory lock keyed by the study, in the study's database. Other databases: none."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(storage_url)
+    try:
+        if engine.dialect.name != "postgresql":
+            yield
+            return
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                               {"key": f"cvops-sweep:{study_name}"})
+            yield
+    finally:
+        engine.dispose()
+
+
+def _finish(sweep: _Sweep, status: str) -> None:
+    """The sweep's closing entries on its parent run: plots, the best model registered, the end
+    (flushed before the lock is released, so the next closer sees the registration)."""
+    with _closing_lock(sweep.storage_url, sweep.spec.study):
+        _log_plots(sweep.study, sweep.parent)
+        # A stopped sweep has not found its best yet: `--resume` registers it when it ends.
+        if sweep.spec.registration is not None and status == "FINISHED":
+            _register_best(sweep)
+        sweep.parent.end(status)
+
+
+def run_sweep(spec: SweepSpec, *, resume: bool, out: TextIO = sys.stdout) -> int:
+    settings = _tracking_settings()
+    job = template_job(spec)
+    check_host_paths(job)
+    gpu_groups = _gpu_groups(spec)
+    opened = _open_sweep(spec, settings, create=True, load=resume)
+    _record_spec(spec, opened.parent)
+    print(f"[sweep] study {spec.study!r}, parent run {opened.parent.ui_url or opened.parent.run_id}", file=out, flush=True)
+    commit, dirty = git_provenance(job.job_dir)
+    sweep = _Sweep(spec, job, opened.study, opened.storage_url, settings.tracking_uri, opened.parent,
+                   Provenance(git_commit=commit, git_dirty=dirty), spec.trials, out)
+    status = _run_workers(sweep, gpu_groups)
+    _finish(sweep, status)
     return 0 if status == "FINISHED" else 130
+
+
+def setup_sweep(spec: SweepSpec, out: TextIO = sys.stdout) -> int:
+    """Create the study and its parent run, or find them: of several processes starting at once,
+    exactly one creates them and the others wait for the parent run. Leaves the parent open, or
+    alone when the budget is spent (a pod replaced at the end must not reopen a closed sweep)."""
+    opened = _open_sweep(spec, _tracking_settings(), create=True, load=True, unless_spent=True)
+    if opened is None:
+        print(_SPENT.format(study=spec.study), file=out, flush=True)
+        return 0
+    if opened.created:
+        _record_spec(spec, opened.parent)
+    opened.parent.leave_open()
+    state = "created" if opened.created else "found"
+    print(f"[sweep] study {spec.study!r} {state}, parent run {opened.parent.ui_url or opened.parent.run_id}",
+          file=out, flush=True)
+    return 0
+
+
+_SPENT = "[sweep] every trial of study {study!r}'s budget has started: nothing to run"
+
+
+def _interrupt_on_sigterm() -> None:
+    """A pod is stopped with SIGTERM: stop the trial as Ctrl-C stops a local sweep."""
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def run_worker(spec: SweepSpec, out: TextIO = sys.stdout) -> int:
+    """Run one trial of an existing study in this process's place (a pod of ``--render k8s``):
+    ask, run the template job's command here, tell, exit. The worker that ends the budget's last
+    trial closes the sweep (plots, registration, the parent run FINISHED)."""
+    _interrupt_on_sigterm()  # before the SDK's own handler, which calls it after ending its runs
+    settings = _tracking_settings()
+    opened = _open_sweep(spec, settings, create=False, load=True, unless_spent=True)
+    if opened is None:
+        print(_SPENT.format(study=spec.study), file=out, flush=True)
+        return 0
+    opened.parent.leave_open()  # the other workers still log to it
+    sweep = _Sweep(spec, template_job(spec), opened.study, opened.storage_url, settings.tracking_uri, opened.parent,
+                   Provenance(git_commit=settings.git_commit, image_digest=settings.image_digest), spec.trials, out,
+                   in_place=True, trials_per_worker=1)
+    status = _run_workers(sweep, [()])
+    if status == "KILLED":
+        return 130
+    if sweep.trials_run and sweep.budget_spent():
+        _finish(sweep, "FINISHED")
+    return 0
+
+
+def _register_best(sweep: _Sweep) -> None:
+    """Register the best complete trial's model, once: another process of the sweep may have
+    registered the same trial already (the parent's ``registered_trial`` tag says)."""
+    from mlflow.exceptions import MlflowException
+    from optuna.trial import TrialState
+
+    from cvops import registry
+    from cvops.tracking.transport import Transport
+
+    register = sweep.spec.registration
+    if not sweep.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        print("[sweep] no trial completed: no model to register", file=sweep.out, flush=True)
+        return
+    best = sweep.study.best_trial
+    parent_tags = {tag["key"]: tag.get("value") for tag in
+                   Transport(sweep.tracking_uri).get_run(sweep.parent.run_id).get("data", {}).get("tags", [])}
+    if parent_tags.get(REGISTERED_TRIAL_TAG) == str(best.number):
+        return
+    try:
+        version = registry.register_logged_model(
+            sweep.tracking_uri, best.user_attrs[RUN_ID_ATTR], register.name, name=register.model,
+            aliases=[register.alias] if register.alias else [],
+        )
+    except (LookupError, MlflowException) as error:  # the sweep still ends; its parent says why
+        message = f"best trial {best.number}: {error}; nothing registered"
+        print(f"[sweep] {message}", file=sweep.out, flush=True)
+        sweep.parent.set_tags({SWEEP_ERROR_TAG: message})
+        return
+    sweep.parent.set_tags({
+        "registered_model": version.name, "registered_version": version.version, REGISTERED_TRIAL_TAG: best.number,
+    })
+    alias = f" as @{register.alias}" if register.alias else ""
+    print(f"[sweep] registered trial {best.number}'s model: {version.registry_uri}{alias}", file=sweep.out, flush=True)

@@ -19,6 +19,9 @@ STORAGE_ENV = "CVOPS_SWEEP_STORAGE"
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 _UNION_TAG = re.compile(r"^(search_space\.[^.]+)\.(?:float|int|categorical)(?=\.|$)")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# MLflow's alias rules: letters, digits, '_' and '-'; v<number> and latest name versions already.
+_ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+_RESERVED_ALIAS = re.compile(r"^(v\d+|latest)$", re.IGNORECASE)
 
 
 class SweepSpecError(JobSpecError):
@@ -131,6 +134,37 @@ class PrunerSpec(_Strict):
         return optuna.pruners.NopPruner()
 
 
+class RegisterSpec(_Strict):
+    """When the sweep ends, register the best complete trial's logged model."""
+
+    name: str = Field(min_length=1, description="the registered model the version is added to")
+    alias: str | None = Field(default=None, description="an alias set on the new version, e.g. challenger")
+    model: str = Field(default="model", min_length=1, description="the logged model's name in the trial's run")
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, alias: str | None) -> str | None:
+        if alias is None:
+            return alias
+        if not _ALIAS.match(alias) or _RESERVED_ALIAS.match(alias):
+            raise ValueError(f"{alias!r}: an alias is letters, digits, '_' and '-', and not v<number> or latest")
+        from cvops.registry import CHAMPION
+
+        if alias == CHAMPION:
+            raise ValueError(f"{CHAMPION} moves through the promotion gate (cvops.registry.promote), not from a "
+                             "sweep; use e.g. challenger")
+        return alias
+
+
+class SweepKubernetes(_Strict):
+    """For `cvops sweep --render k8s`; the rest (namespace, tracking URL, credentials) is the job's."""
+
+    storage_secret: str = Field(
+        default="cvops-sweep-storage", min_length=1,
+        description=f"the Secret whose key `url` is the study storage URL the pods get as {STORAGE_ENV}",
+    )
+
+
 class SweepSpec(_Strict):
     """See docs/sweeps.md, "Sweep spec reference"."""
 
@@ -151,6 +185,11 @@ class SweepSpec(_Strict):
     heartbeat_s: int = Field(
         default=30, ge=1, description="how often a sweep process marks its running trials alive in the study"
     )
+    # `register` in the file; the attribute name would shadow pydantic's BaseModel.register.
+    registration: RegisterSpec | None = Field(
+        default=None, alias="register", description="register the best trial's model at the end"
+    )
+    kubernetes: SweepKubernetes = Field(default_factory=SweepKubernetes)
     source_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("pruner", mode="before")

@@ -157,7 +157,7 @@ class DisabledRun:
 
     log_metric = log_metrics = log_param = log_params = set_tag = set_tags = _ignore
     log_artifact = log_artifacts = log_text = log_dict = log_figure = log_image = _ignore
-    log_dataset = log_config_file = _ignore
+    log_dataset = log_config_file = leave_open = _ignore
 
 
 class Run:
@@ -400,6 +400,13 @@ class Run:
                 self._session.open_runs.remove(self)
         if flush and self._parent is None:
             self.flush(self._session.settings.exit_flush_timeout_s)
+
+    def leave_open(self) -> None:
+        """Keep logging to the run, but do not end it when this process exits or is stopped:
+        another process ends it (a sweep's parent run, shared by the sweep's pods)."""
+        with self._session.lock:
+            if self in self._session.open_runs:
+                self._session.open_runs.remove(self)
 
     def __enter__(self) -> Run:
         return self
