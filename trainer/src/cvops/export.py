@@ -86,6 +86,8 @@ class ExportResult:
 
 def parity(reference: dict[str, np.ndarray], exported: dict[str, np.ndarray], tolerance: float) -> tuple[bool, float, str]:
     """(passed, max |difference| over every output, reason)."""
+    if not reference:
+        return False, float("inf"), "no outputs to compare"
     missing = sorted(set(reference) - set(exported))
     if missing:
         return False, float("inf"), f"the exported model lacks outputs {missing}"
@@ -121,6 +123,8 @@ def named_outputs(value: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
 def _parity_over(reference: list[Any], exported: list[Mapping[str, Any]], tolerance: float) -> tuple[bool, float, str]:
     worst = 0.0
     for index, (expected, found) in enumerate(zip(reference, exported)):
+        if not isinstance(found, Mapping):
+            raise TypeError(f"an exported model's predict must answer {{output name: array}}, not {type(found).__name__}")
         found = named_outputs(found, ())
         passed, difference, reason = parity(named_outputs(expected, list(found)), found, tolerance)
         if not passed:
@@ -129,7 +133,7 @@ def _parity_over(reference: list[Any], exported: list[Mapping[str, Any]], tolera
     return True, worst, f"max |difference| {worst:.3g} <= tolerance {tolerance:g} over {len(reference)} samples"
 
 
-def median_ms(predict: Callable[[Any], Any], samples: Sequence[Any], repeats: int = 5) -> float:
+def median_ms(predict: Callable[[Any], Any], samples: Sequence[Any], repeats: int = 3) -> float:
     """Median milliseconds of one call, over ``repeats`` passes of the samples after a warm-up
     pass (graph tracing, session allocation)."""
     for sample in samples:

@@ -40,7 +40,7 @@ from cvops.integrations._common import never_raises, require
 
 log = logging.getLogger(__name__)
 
-EXPORT_SAMPLES = 8  # test images the exported models are checked and timed on
+EXPORT_SAMPLES = 4  # test images the exported models are checked and timed on
 EXPORT_OUTPUTS = ("boxes", "scores", "classes")
 
 _HAVE_DETECTRON2 = importlib.util.find_spec("detectron2") is not None

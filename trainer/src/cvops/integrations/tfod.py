@@ -65,7 +65,7 @@ DEFAULT_CHECKPOINT_EVERY_N = 1000  # model_main_tf2.py's default, the ceiling of
 # A derived interval may not save more than twice as often as the default would (at least 50 saves
 # allowed): each checkpoint is written, rotated and uploaded to the run.
 MIN_ALLOWED_SAVES = 50
-EXPORT_SAMPLES = 8  # evaluation images the exported model is checked and timed on
+EXPORT_SAMPLES = 4  # evaluation images the exported model is checked and timed on
 
 
 class FinalEvaluationError(RuntimeError):
