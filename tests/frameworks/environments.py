@@ -29,7 +29,10 @@ PYTHON = os.environ.get("CVOPS_FRAMEWORK_PYTHON", "python3.11")
 
 # The OD API needs TensorFlow 2.15 (Keras 2); these pins are the ones its README proves.
 TFOD_CONSTRAINTS = ["tensorflow-cpu==2.15.1", "keras==2.15.0", "protobuf==4.25.9", "numpy==1.26.4",
-                    "tensorboard==2.15.2"]
+                    "tensorboard==2.15.2",
+                    # cvops[onnx]: onnx >= 1.18 needs protobuf >= 6 or an ml_dtypes newer than TF 2.15's
+                    # (onnx 1.19 imports ml_dtypes.float4_e2m1fn, absent from ml_dtypes 0.3).
+                    "onnx==1.17.0", "tf2onnx==1.17.0", "onnxruntime==1.32.0"]
 
 
 def wheelhouse() -> Path | None:
@@ -53,7 +56,7 @@ RECIPES = {
         name="detectron2",
         steps=(
             ("torch==2.14.1", "torchvision==0.29.1", "{wheels}/detectron2-0.6-cp311-cp311-linux_x86_64.whl",
-             "opencv-python-headless", "-e", "{trainer}[detectron2]"),
+             "opencv-python-headless", "onnxruntime==1.32.0", "-e", "{trainer}[detectron2,onnx]"),
         ),
         check="import detectron2._C, cv2, cvops.integrations.detectron2",
     ),
@@ -63,7 +66,7 @@ RECIPES = {
         steps=(
             ("tensorflow-cpu==2.15.1", "tensorflow-io==0.36.0", "pycocotools", "lxml", "contextlib2", "pillow",
              "matplotlib", "pyyaml", "scipy", "pandas", "gin-config", "absl-py", "opencv-python-headless<4.11",
-             "-e", "{trainer}[tfod]"),
+             "-e", "{trainer}[tfod,onnx]"),
             # The OD API declares far more than training, evaluation and export import
             # (apache-beam, pyparsing==2.4.7, ...): --no-deps, as the wheelhouse README shows.
             ("--no-deps", "{wheels}/object_detection-0.1-py3-none-any.whl", "{wheels}/tf_slim-1.2.0-py3-none-any.whl",

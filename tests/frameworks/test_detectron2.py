@@ -54,7 +54,7 @@ def train(d2_python, shapes, workdir: Path, *extra: str, env: dict | None = None
 
 @pytest.fixture(scope="module")
 def trained(d2_python, shapes, framework_env, tmp_path_factory):
-    env = {**os.environ, "CVOPS_TAG_BACKBONE": USER_BACKBONE}
+    env = {**os.environ, "CVOPS_TAG_BACKBONE": USER_BACKBONE, "CVOPS_EXPORT": "register"}
     result, output_dir, model_name = train(d2_python, shapes, tmp_path_factory.mktemp("d2run"), env=env)
     assert result["returncode"] == 0, support.tail(result["log"])
     client = mlflow.MlflowClient()
@@ -126,6 +126,43 @@ def test_evaluation_artifacts_and_latency_arrive_at_the_final_step(trained):
     for name in ("eval/mAP", "eval/AP50", "inference/latency_p50_ms", "inference/images_per_s"):
         assert list(mlflow_history(client, run_id, name)) == [MAX_ITER], name
     assert not client.list_artifacts(run_id, "checkpoint")  # the full checkpoint is opt-in
+
+
+def test_registration_exports_torchscript_and_onnx_with_their_parity_recorded(trained, d2_python, shapes, tmp_path):
+    from cvops import export
+    from cvops.integrations import detectron2
+
+    client, name = trained["client"], trained["model_name"]
+    version = client.get_model_version(name, str(trained["registered_version"]))
+    metrics = {m.key: m.value for m in client.get_logged_model(version.source.removeprefix("models:/")).metrics}
+    for format_name, file in (("torchscript", "model.ts"), ("onnx", "model.onnx")):
+        assert version.tags[export.tag(format_name)] == "passed", version.tags[export.tag(format_name)]
+        folder = export.artifact_dir(format_name)
+        assert {f.path for f in client.list_artifacts(version.run_id, folder)} == {f"{folder}/{file}", f"{folder}/export.json"}
+        record = json.loads(Path(client.download_artifacts(version.run_id, f"{folder}/export.json", str(tmp_path))).read_text())
+        assert record["passed"] and record["samples"] == detectron2.EXPORT_SAMPLES and record["versions"]["torch"].startswith("2.")
+        assert 0 <= metrics[f"export/{format_name}_max_abs_diff"] <= export.DEFAULT_TOLERANCE
+        assert metrics[f"export/{format_name}_latency_ms"] > 0
+        print(f"{format_name}: max |diff| {metrics[f'export/{format_name}_max_abs_diff']:.3g}, "
+              f"{metrics[f'export/{format_name}_latency_ms']:.1f} ms vs native {metrics['export/native_latency_ms']:.1f} ms")
+    assert record["versions"]["opset"] == export.DEFAULT_OPSET
+
+    # What a deployment does with the file: ONNX Runtime, no detectron2, on a test image
+    # preprocessed as cfg.INPUT says (BGR, CHW; 64 px already the test size), answers what the
+    # registered model serves.
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import numpy as np
+    from PIL import Image
+
+    image_file = shapes / "images" / json.loads((shapes / "annotations" / "val.json").read_text())["images"][0]["file_name"]
+    pixels = np.asarray(Image.open(image_file).convert("RGB"))
+    session = onnxruntime.InferenceSession(client.download_artifacts(version.run_id, "export/onnx/model.onnx", str(tmp_path)))
+    boxes, scores, classes = session.run(None, {"image": pixels[:, :, ::-1].transpose(2, 0, 1).astype("float32")})
+    (served,) = support.served_detections(d2_python, name, version.version, [image_file])
+    assert classes.tolist() == served["class_ids"]
+    # The server rounds boxes to 0.01 px.
+    np.testing.assert_allclose(boxes, np.asarray(served["boxes"]).reshape(-1, 4), atol=0.005 + export.DEFAULT_TOLERANCE)
+    np.testing.assert_allclose(scores, served["scores"], atol=1e-4)
 
 
 def test_registered_model_holds_weights_only_and_is_servable(trained, d2_python, shapes, tmp_path, framework_env):

@@ -10,6 +10,7 @@ the OD API's default (1000, which would never save the last step).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def cli_run(tfod_python, framework_env, shapes, tmp_path_factory):
         [tfod_python, "-m", "cvops", "tfod", f"--model_dir={work / 'model'}", f"--pipeline_config_path={pipeline}",
          f"--export_dir={work / 'exported'}", f"--registered_model_name={name}", "--experiment=framework-tfod",
          "--run_name=cli", "--eval_timeout_s=60", "--", f"--num_train_steps={STEPS}"],
-        log_path=work / "cvops-tfod.log", timeout_s=1200,
+        log_path=work / "cvops-tfod.log", timeout_s=1200, env={**os.environ, "CVOPS_EXPORT": "register"},
     )
     print(f"cvops tfod: {time.monotonic() - started:.0f} s")
     assert result.returncode == 0, tail(result.output)
@@ -184,6 +185,34 @@ def test_the_inference_server_answers_the_registered_model_in_its_schema(cli_run
         assert len(boxes) == len(found["scores"]) == len(found["class_ids"]) > 0
         assert (boxes >= -1).all() and (boxes[:, [0, 2]] <= width + 1).all() and (boxes[:, [1, 3]] <= height + 1).all()
         assert set(found["class_names"]) <= {"circle", "square", "triangle"}
+
+
+def test_registration_exports_onnx_with_its_parity_recorded(cli_run, shapes, tmp_path):
+    from PIL import Image
+
+    from cvops import export
+
+    client, name = cli_run["client"], cli_run["name"]
+    version = client.get_model_version(name, cli_run["version"].version)
+    assert version.tags[export.tag("onnx")] == "passed", version.tags[export.tag("onnx")]
+    assert {f.path for f in client.list_artifacts(version.run_id, "export/onnx")} == {"export/onnx/model.onnx",
+                                                                                   "export/onnx/export.json"}
+    record = json.loads(Path(client.download_artifacts(version.run_id, "export/onnx/export.json", str(tmp_path))).read_text())
+    assert record["passed"] and record["samples"] == 4
+    assert record["versions"]["tensorflow"] == "2.15.1" and record["versions"]["opset"] == export.DEFAULT_OPSET
+    metrics = {m.key: m.value for m in client.get_logged_model(version.source.removeprefix("models:/")).metrics}
+    assert 0 <= metrics["export/onnx_max_abs_diff"] <= export.DEFAULT_TOLERANCE
+    assert metrics["export/onnx_latency_ms"] > 0 and metrics["export/native_latency_ms"] > 0
+    print(f"onnx: max |diff| {metrics['export/onnx_max_abs_diff']:.3g}, {metrics['export/onnx_latency_ms']:.1f} ms "
+          f"vs native {metrics['export/native_latency_ms']:.1f} ms")
+
+    # The file runs in ONNX Runtime without TensorFlow: the OD API signature's outputs.
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(client.download_artifacts(version.run_id, "export/onnx/model.onnx", str(tmp_path)))
+    image = np.asarray(Image.open(sorted((shapes / "images" / "val").glob("*.png"))[0]).convert("RGB"))
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input_tensor": image[None]})))
+    count = int(outputs["num_detections"][0])
+    assert count > 0 and ((outputs["detection_boxes"][0][:count] >= 0) & (outputs["detection_boxes"][0][:count] <= 1)).all()
 
 
 def test_checkpoint_interval_that_never_saves_the_final_step_is_refused_before_training(

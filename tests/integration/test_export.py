@@ -33,15 +33,35 @@ def test_a_registered_keras_model_exports_to_onnx_with_its_parity_recorded(track
     assert result.passed, result.summary()
     assert 0 <= result.max_abs_diff <= export.DEFAULT_TOLERANCE
     registered = client.get_model_version(version.name, version.version)
-    assert registered.tags[export.EXPORT_TAG] == "passed"
+    assert registered.tags[export.tag("onnx")] == "passed"
     logged_model = client.get_logged_model(version.model_uri.removeprefix("models:/"))
     metrics = {metric.key: metric.value for metric in logged_model.metrics}
     assert metrics["export/onnx_max_abs_diff"] == pytest.approx(result.max_abs_diff)
     assert metrics["export/onnx_latency_ms"] > 0 and metrics["export/native_latency_ms"] > 0
 
-    files = {item.path for item in client.list_artifacts(version.run_id, export.ARTIFACT_DIR)}
-    assert files == {f"{export.ARTIFACT_DIR}/model.onnx", f"{export.ARTIFACT_DIR}/export.json"}
-    onnx_file = client.download_artifacts(version.run_id, f"{export.ARTIFACT_DIR}/model.onnx", str(tmp_path))
+    folder = export.artifact_dir("onnx")
+    files = {item.path for item in client.list_artifacts(version.run_id, folder)}
+    assert files == {f"{folder}/model.onnx", f"{folder}/export.json"}
+    assert result.artifact_uri == f"runs:/{version.run_id}/{folder}/model.onnx"
+    onnx_file = client.download_artifacts(version.run_id, f"{folder}/model.onnx", str(tmp_path))
     session = onnxruntime.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": samples})))
     np.testing.assert_allclose(outputs["boxes"], np.asarray(model(samples, training=False)["boxes"]), atol=1e-3)
+
+
+def test_a_failed_conversion_is_recorded_on_the_version_and_never_raises(tracking_server, tmp_path, monkeypatch):
+    use_sdk_env(monkeypatch, tracking_server, tmp_path)
+    client = MlflowClient(tracking_server.url)
+    model = box_detector(class_id=1)
+    samples = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype="float32")
+    with cvops.start_run(experiment="export") as run:
+        version = _pyfunc.log_keras_model(run, model, input_example=samples,
+                                          registered_model_name=f"export-{uuid.uuid4().hex[:6]}")
+        with pytest.warns(UserWarning, match="onnx export FAILED: conversion failed"):
+            result = export.export_keras_onnx(model, version, samples, client=client, opset=1)  # no such opset
+
+    assert not result.passed and result.artifact_uri is None
+    registered = client.get_model_version(version.name, version.version)
+    assert registered.tags[export.tag("onnx")].startswith("failed: conversion failed")
+    assert registered.status == "READY"  # the registration stands
+    assert not client.list_artifacts(version.run_id, export.artifact_dir("onnx"))

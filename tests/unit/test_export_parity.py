@@ -21,3 +21,15 @@ def test_outputs_within_tolerance_pass_with_the_largest_difference():
 def test_a_divergent_export_fails_and_says_where(exported, reason):
     passed, _, why = parity(REFERENCE, exported, 1e-3)
     assert not passed and reason in why
+
+
+def test_nothing_to_compare_is_no_pass():
+    passed, _, why = parity({}, {}, 1e-3)
+    assert not passed and why == "no outputs to compare"
+
+
+def test_a_sequence_output_is_named_in_the_exported_models_order():
+    from cvops.export import named_outputs
+
+    named = named_outputs((np.ones(2), np.zeros(1)), ["boxes", "scores"])
+    assert list(named) == ["boxes", "scores"] and named["scores"].tolist() == [0.0]

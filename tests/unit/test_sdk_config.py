@@ -42,6 +42,11 @@ def test_system_metrics_default_on_in_containers():
     assert not load_settings({"CVOPS_IN_CONTAINER": "0"}).system_metrics
 
 
+def test_export_on_registration_is_opt_in():
+    assert load_settings({}).export_on == "off"
+    assert load_settings({"CVOPS_EXPORT": "Register"}).export_on == "register"
+
+
 @pytest.mark.parametrize("environ, variable", [
     ({"CVOPS_SPOOL_MAX_BYTES": "lots"}, "CVOPS_SPOOL_MAX_BYTES"),
     ({"CVOPS_SPOOL_MAX_BYTES": "10"}, "CVOPS_SPOOL_MAX_BYTES"),
@@ -51,6 +56,7 @@ def test_system_metrics_default_on_in_containers():
     ({"MLFLOW_TRACKING_URI": "mlflow:5000"}, "MLFLOW_TRACKING_URI"),
     ({"MLFLOW_TRACKING_USERNAME": "alice"}, "MLFLOW_TRACKING_PASSWORD"),
     ({"CVOPS_SEED": "x"}, "CVOPS_SEED"),
+    ({"CVOPS_EXPORT": "on-train"}, "CVOPS_EXPORT"),
 ])
 def test_bad_values_name_the_variable(environ, variable):
     with pytest.raises(ConfigError, match=variable):

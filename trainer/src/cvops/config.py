@@ -45,6 +45,7 @@ class Settings:
     git_commit: str | None = None
     seed: int | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    export_on: str = "off"
 
     @property
     def enabled(self) -> bool:
@@ -118,6 +119,17 @@ def _tracking_uri(environ: Mapping[str, str]) -> str | None:
     return uri
 
 
+EXPORT_WHEN = ("off", "register")
+
+
+def _export_on(environ: Mapping[str, str]) -> str:
+    """``CVOPS_EXPORT``: when the adapters export a model they register (cvops.export)."""
+    value = (_optional(environ, "CVOPS_EXPORT") or "off").lower()
+    if value not in EXPORT_WHEN:
+        raise ConfigError(f"CVOPS_EXPORT={environ['CVOPS_EXPORT']!r} is not one of {', '.join(EXPORT_WHEN)}")
+    return value
+
+
 def _tags(environ: Mapping[str, str]) -> dict[str, str]:
     """``CVOPS_TAG_TEAM=vision`` -> ``{"team": "vision"}``; any name, the standard ones documented."""
     return {
@@ -159,4 +171,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         git_commit=_optional(env, "CVOPS_GIT_COMMIT") or _optional(env, "GIT_COMMIT"),
         seed=seed,
         tags=_tags(env),
+        export_on=_export_on(env),
     )

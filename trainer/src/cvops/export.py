@@ -3,14 +3,23 @@
     result = cvops.export.export_keras_onnx(model, version, samples)   # after log_model_and_register
     print(result.summary())
 
-Keras → ONNX with tf2onnx (extra ``onnx``). The exported model and the Keras model predict the
-same ``samples`` (evaluation images); the largest absolute difference over every output is the
-parity figure, recorded with ONNX Runtime's and Keras' latency as metrics of the version's logged
-model (MLflow 3 model metrics, shown on the version), next to the ``.onnx`` file and an
-``export.json`` (opset, tool versions, tolerance) in the run's ``export/onnx/``. The tag
-``cvops.export.onnx`` on the version says ``passed`` or ``failed: <why>``. A failed export or
-parity check warns and is recorded; it never raises, so registration is never blocked and never
-silently left without a verdict.
+One core for every framework: a *converter* writes one format's files into a folder and returns
+the exported model as a function of one sample (:class:`Exported`); :func:`export_version` runs
+it and the original model on the same samples (evaluation images), takes the largest absolute
+difference over every output as the parity figure, times both, and records on the version:
+
+- the files and an ``export.json`` (tool versions, opset, tolerance, verdict) in the run's
+  ``export/<format>/``;
+- the metrics ``export/<format>_max_abs_diff``, ``export/<format>_latency_ms`` and
+  ``export/native_latency_ms`` on the version's logged model (MLflow 3 model metrics, shown on
+  the version);
+- the version tag ``cvops.export.<format>``: ``passed`` or ``failed: <why>``.
+
+The converters are thin and live beside their framework: Keras → ONNX (tf2onnx) here,
+Detectron2 → TorchScript and ONNX in :mod:`cvops.integrations.detectron2`, TF OD API SavedModel
+→ ONNX in :mod:`cvops.integrations.tfod`. With ``CVOPS_EXPORT=register`` the adapters export
+each model they register. A failed export or parity check warns and is recorded; it never
+raises, so registration is never blocked and never silently left without a verdict.
 """
 from __future__ import annotations
 
@@ -18,38 +27,67 @@ import json
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-EXPORT_TAG = "cvops.export.onnx"
-ARTIFACT_DIR = "export/onnx"
+TAG_PREFIX = "cvops.export."
+EXPORT_DIR = "export"
 DEFAULT_OPSET = 17
 # float32 through another runtime: kernels sum in another order. Boxes in pixels and scores in
 # 0-1 agree far better than this on the models tested; a real divergence is orders larger.
 DEFAULT_TOLERANCE = 1e-3
+ONNX_EXTRA = "pip install 'cvops[onnx]'"
+
+
+def tag(format_name: str) -> str:
+    return TAG_PREFIX + format_name
+
+
+def artifact_dir(format_name: str) -> str:
+    return f"{EXPORT_DIR}/{format_name}"
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What a converter made: the main file's name in its folder, the exported model as a
+    function of one sample (named outputs), and what produced it (tool versions, opset)."""
+
+    file: str
+    predict: Callable[[Any], Mapping[str, Any]]
+    versions: Mapping[str, Any] = field(default_factory=dict)
+
+
+Converter = Callable[[Path], Exported]
+
+
+class ExportUnavailable(RuntimeError):
+    """A converter cannot run here (a missing package); the message says what to install."""
 
 
 @dataclass(frozen=True)
 class ExportResult:
+    format: str
     passed: bool
     reason: str
     max_abs_diff: float | None = None
-    onnx_latency_ms: float | None = None
+    latency_ms: float | None = None
     native_latency_ms: float | None = None
-    opset: int = DEFAULT_OPSET
     tolerance: float = DEFAULT_TOLERANCE
+    versions: Mapping[str, Any] = field(default_factory=dict)
     artifact_uri: str | None = None
 
     def summary(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
-        return f"ONNX export {verdict}: {self.reason}"
+        return f"{self.format} export {verdict}: {self.reason}"
 
 
 def parity(reference: dict[str, np.ndarray], exported: dict[str, np.ndarray], tolerance: float) -> tuple[bool, float, str]:
     """(passed, max |difference| over every output, reason)."""
+    if not reference:
+        return False, float("inf"), "no outputs to compare"
     missing = sorted(set(reference) - set(exported))
     if missing:
         return False, float("inf"), f"the exported model lacks outputs {missing}"
@@ -67,53 +105,63 @@ def parity(reference: dict[str, np.ndarray], exported: dict[str, np.ndarray], to
     return True, worst, f"max |difference| {worst:.3g} <= tolerance {tolerance:g}"
 
 
-def _outputs(value: Any, names: list[str]) -> dict[str, np.ndarray]:
-    if isinstance(value, dict):
-        return {name: np.asarray(item) for name, item in value.items()}
+def _array(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def named_outputs(value: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """A model's output as {name: array}: a dict keeps its keys, a sequence (or one tensor) is
+    named in order by ``names`` (the exported model's)."""
+    if isinstance(value, Mapping):
+        return {name: _array(item) for name, item in value.items()}
     values = value if isinstance(value, (list, tuple)) else [value]
-    return {name: np.asarray(item) for name, item in zip(names, values)}
+    return {name: _array(item) for name, item in zip(names, values)}
 
 
-def _median_ms(call, repeats: int = 10) -> float:
-    call()  # warm-up: graph tracing, session allocation
+def _parity_over(reference: list[Any], exported: list[Mapping[str, Any]], tolerance: float) -> tuple[bool, float, str]:
+    worst = 0.0
+    for index, (expected, found) in enumerate(zip(reference, exported)):
+        if not isinstance(found, Mapping):
+            raise TypeError(f"an exported model's predict must answer {{output name: array}}, not {type(found).__name__}")
+        found = named_outputs(found, ())
+        passed, difference, reason = parity(named_outputs(expected, list(found)), found, tolerance)
+        if not passed:
+            return False, difference, f"sample {index}: {reason}"
+        worst = max(worst, difference)
+    return True, worst, f"max |difference| {worst:.3g} <= tolerance {tolerance:g} over {len(reference)} samples"
+
+
+def median_ms(predict: Callable[[Any], Any], samples: Sequence[Any], repeats: int = 3) -> float:
+    """Median milliseconds of one call, over ``repeats`` passes of the samples after a warm-up
+    pass (graph tracing, session allocation)."""
+    for sample in samples:
+        predict(sample)
     timings = []
     for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        timings.append((time.perf_counter() - started) * 1000)
+        for sample in samples:
+            started = time.perf_counter()
+            predict(sample)
+            timings.append((time.perf_counter() - started) * 1000)
     return float(np.median(timings))
 
 
-def _convert_and_check(model, samples: np.ndarray, opset: int, tolerance: float, directory: Path):
-    try:
-        import onnxruntime
-        import tensorflow as tf
-        import tf2onnx
-    except ImportError as exc:
-        return ExportResult(False, f"{exc.name} is not installed: pip install 'cvops[onnx]'", opset=opset, tolerance=tolerance), None
-    samples = np.asarray(samples, dtype=np.float32)
-    signature = (tf.TensorSpec((None, *samples.shape[1:]), tf.float32, name="image"),)
-    proto, _ = tf2onnx.convert.from_function(tf.function(lambda x: model(x, training=False)),
-                                             input_signature=signature, opset=opset)
-    onnx_file = directory / "model.onnx"
-    onnx_file.write_bytes(proto.SerializeToString())
-    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    output_names = [output.name for output in session.get_outputs()]
-    reference = _outputs(model(samples, training=False), output_names)
-    exported = dict(zip(output_names, session.run(None, {input_name: samples})))
-    passed, difference, reason = parity(reference, exported, tolerance)
-    result = ExportResult(
-        passed, reason, difference,
-        onnx_latency_ms=_median_ms(lambda: session.run(None, {input_name: samples})),
-        native_latency_ms=_median_ms(lambda: model(samples, training=False)),
-        opset=opset, tolerance=tolerance,
-    )
-    (directory / "export.json").write_text(json.dumps({
-        **asdict(result), "samples": list(samples.shape), "tf2onnx": tf2onnx.__version__,
-        "onnxruntime": onnxruntime.__version__, "tensorflow": tf.__version__,
-    }, indent=2))
-    return result, directory
+def _failed(format_name: str, exc: BaseException, tolerance: float) -> ExportResult:
+    why = str(exc) if isinstance(exc, ExportUnavailable) else f"conversion failed: {type(exc).__name__}: {exc}"
+    return ExportResult(format_name, False, why[:500], tolerance=tolerance)
+
+
+def _convert_and_check(format_name: str, convert: Converter, samples: list, reference: list, native_ms: float | None,
+                       tolerance: float, directory: Path) -> ExportResult:
+    exported = convert(directory)
+    outputs = [exported.predict(sample) for sample in samples]
+    passed, difference, reason = _parity_over(reference, outputs, tolerance)
+    result = ExportResult(format_name, passed, reason, difference, median_ms(exported.predict, samples), native_ms,
+                          tolerance, dict(exported.versions))
+    (directory / "export.json").write_text(json.dumps({**asdict(result), "file": exported.file,
+                                                       "samples": len(samples)}, indent=2, default=str))
+    return result
 
 
 def _logged_model_id(version) -> str | None:
@@ -123,30 +171,95 @@ def _logged_model_id(version) -> str | None:
     return version.model_uri[len("models:/"):] if version.model_uri.startswith(prefix) else None
 
 
-def export_keras_onnx(model, version, samples, *, client=None, opset: int = DEFAULT_OPSET,
-                      tolerance: float = DEFAULT_TOLERANCE) -> ExportResult:
-    """Export a Keras ``model`` registered as ``version`` (a cvops.registry.RegisteredVersion) to
-    ONNX, check it on ``samples`` and record everything on the version (see the module's doc)."""
+def _record(client, version, result: ExportResult, native_ms: float | None, files: Path | None) -> ExportResult:
+    if files is not None:
+        client.log_artifacts(version.run_id, str(files), artifact_dir(result.format))
+        main_file = json.loads((files / "export.json").read_text())["file"]
+        result = ExportResult(**{**asdict(result), "artifact_uri": f"runs:/{version.run_id}/{artifact_dir(result.format)}/{main_file}"})
+    metrics = {f"export/{result.format}_max_abs_diff": result.max_abs_diff,
+               f"export/{result.format}_latency_ms": result.latency_ms, "export/native_latency_ms": native_ms}
+    for key, value in metrics.items():
+        if value is not None and np.isfinite(value):
+            client.log_metric(version.run_id, key, value, model_id=_logged_model_id(version))
+    client.set_model_version_tag(version.name, version.version, tag(result.format),
+                                 "passed" if result.passed else f"failed: {result.reason}"[:5000])
+    if not result.passed:
+        warnings.warn(f"{version.name} v{version.version}: {result.summary()}", stacklevel=3)
+    return result
+
+
+def export_version(version, native: Callable[[Any], Any], samples: Sequence[Any], converters: Mapping[str, Converter], *,
+                   client=None, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, ExportResult]:
+    """Export the model registered as ``version`` (a cvops.registry.RegisteredVersion) to each of
+    ``converters`` ({format: converter}), check each against ``native`` (the original model as a
+    function of one sample) on ``samples`` and record everything (see the module's doc)."""
     from mlflow import MlflowClient
 
     client = client or MlflowClient()
-    with tempfile.TemporaryDirectory(prefix="cvops-onnx-") as scratch:
+    samples = list(samples)
+    if not samples:
+        raise ValueError("export_version needs at least one sample to check the exported models against")
+    try:
+        reference = [native(sample) for sample in samples]
+        native_ms, native_error = median_ms(native, samples), None
+    except Exception as exc:  # the original cannot be compared against: every format says so
+        reference, native_ms, native_error = None, None, exc
+    results = {}
+    for format_name, convert in converters.items():
+        with tempfile.TemporaryDirectory(prefix=f"cvops-{format_name}-") as scratch:
+            files = None
+            if native_error is not None:
+                result = ExportResult(format_name, False, f"the original model failed on the samples: "
+                                      f"{type(native_error).__name__}: {native_error}"[:500], tolerance=tolerance)
+            else:
+                try:
+                    result = _convert_and_check(format_name, convert, samples, reference, native_ms, tolerance, Path(scratch))
+                    files = Path(scratch)
+                except Exception as exc:  # a conversion failure is the export's verdict, not the training's
+                    result = _failed(format_name, exc, tolerance)
+            results[format_name] = _record(client, version, result, native_ms, files)
+    return results
+
+
+def keras_onnx_converter(model, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET) -> Converter:
+    def convert(directory: Path) -> Exported:
         try:
-            result, files = _convert_and_check(model, samples, opset, tolerance, Path(scratch))
-        except Exception as exc:  # a conversion failure is the export's verdict, not the training's
-            result, files = ExportResult(False, f"conversion failed: {type(exc).__name__}: {exc}"[:500],
-                                         opset=opset, tolerance=tolerance), None
-        if files is not None:
-            client.log_artifacts(version.run_id, str(files), ARTIFACT_DIR)
-            result = ExportResult(**{**asdict(result), "artifact_uri": f"runs:/{version.run_id}/{ARTIFACT_DIR}/model.onnx"})
-    model_id = _logged_model_id(version)
-    metrics = {"export/onnx_max_abs_diff": result.max_abs_diff, "export/onnx_latency_ms": result.onnx_latency_ms,
-               "export/native_latency_ms": result.native_latency_ms}
-    for key, value in metrics.items():
-        if value is not None and np.isfinite(value):
-            client.log_metric(version.run_id, key, value, model_id=model_id)
-    client.set_model_version_tag(version.name, version.version, EXPORT_TAG,
-                                 "passed" if result.passed else f"failed: {result.reason}"[:5000])
-    if not result.passed:
-        warnings.warn(f"{version.name} v{version.version}: {result.summary()}", stacklevel=2)
-    return result
+            import onnxruntime  # noqa: F401  (run by onnx_runtime_model)
+            import tensorflow as tf
+            import tf2onnx
+        except ImportError as exc:
+            raise ExportUnavailable(f"{exc.name} is not installed: {ONNX_EXTRA}") from None
+        signature = (tf.TensorSpec((None, *input_shape), tf.float32, name="image"),)
+        proto, _ = tf2onnx.convert.from_function(tf.function(lambda x: model(x, training=False)),
+                                                 input_signature=signature, opset=opset)
+        (directory / "model.onnx").write_bytes(proto.SerializeToString())
+        return onnx_runtime_model(directory / "model.onnx", {
+            "opset": opset, "tf2onnx": tf2onnx.__version__, "tensorflow": tf.__version__})
+
+    return convert
+
+
+def onnx_runtime_model(onnx_file: Path, versions: Mapping[str, Any]) -> Exported:
+    """An ONNX file run in ONNX Runtime (CPU) on one sample: an array for a one-input model, or
+    {input name: array}."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    input_names = [item.name for item in session.get_inputs()]
+    output_names = [item.name for item in session.get_outputs()]
+
+    def predict(sample) -> dict[str, np.ndarray]:
+        feed = sample if isinstance(sample, Mapping) else {input_names[0]: sample}
+        return dict(zip(output_names, session.run(None, {name: _array(value) for name, value in feed.items()})))
+
+    return Exported(onnx_file.name, predict, {**versions, "onnxruntime": onnxruntime.__version__})
+
+
+def export_keras_onnx(model, version, samples, *, client=None, opset: int = DEFAULT_OPSET,
+                      tolerance: float = DEFAULT_TOLERANCE) -> ExportResult:
+    """Export a Keras ``model`` registered as ``version`` to ONNX (extra ``onnx``), checked on
+    ``samples`` (one batch of images, run as one call)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    return export_version(version, lambda batch: model(batch, training=False), [samples],
+                          {"onnx": keras_onnx_converter(model, samples.shape[1:], opset)},
+                          client=client, tolerance=tolerance)["onnx"]

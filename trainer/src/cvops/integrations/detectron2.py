@@ -33,12 +33,15 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import mlflow.pyfunc
 import numpy as np
 
-from cvops import evaluation
+from cvops import evaluation, export
 from cvops.evaluation import Detections
 from cvops.integrations import _pyfunc
 from cvops.integrations._common import never_raises, require
 
 log = logging.getLogger(__name__)
+
+EXPORT_SAMPLES = 4  # test images the exported models are checked and timed on
+EXPORT_OUTPUTS = ("boxes", "scores", "classes")
 
 _HAVE_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
 if _HAVE_DETECTRON2:
@@ -271,6 +274,8 @@ class CvopsHook(_HookBase):
                     registered_model_name=self.registered_model_name,
                     class_names=self._trained_classes(),
                 )
+                if self.run.export_on == "register":
+                    self._export(self.registered_version)
         self._log_final_evaluation()
         if self.sample_images:
             self._log_samples()
@@ -301,17 +306,13 @@ class CvopsHook(_HookBase):
     def _log_final_evaluation(self) -> None:
         """cvops.evaluation's artifacts (PR curves, confusion matrix, per-class AP, samples) and
         latency for the trained model on the first test dataset, at the final evaluation's step."""
-        cfg = self.trainer.cfg
-        test_sets = list(cfg.get("DATASETS", {}).get("TEST", ()))
-        if not test_sets or self.evaluation_max_images < 1:
+        if self.evaluation_max_images < 1:
             return
-        from detectron2.data import DatasetCatalog, MetadataCatalog
-        from detectron2.data.detection_utils import read_image
+        records, class_names, images = _test_images(self.trainer.cfg, self.evaluation_max_images)
+        if not records:
+            return
         from detectron2.structures import BoxMode
 
-        records = DatasetCatalog.get(test_sets[0])[: self.evaluation_max_images]
-        class_names = list(MetadataCatalog.get(test_sets[0]).thing_classes)
-        images = [read_image(record["file_name"], format="RGB") for record in records]
         ground_truth = []
         for record in records:
             annotations = record.get("annotations", [])
@@ -324,6 +325,18 @@ class CvopsHook(_HookBase):
             evaluation.evaluate_detector(
                 self.run, lambda batch: [predict(image) for image in batch], images, ground_truth, class_names, step=step
             )
+
+    @never_raises
+    def _export(self, version) -> None:
+        """CVOPS_EXPORT=register: TorchScript and ONNX of the trained model, checked on the first
+        test images (cvops.export)."""
+        images = _test_images(self.trainer.cfg, EXPORT_SAMPLES)[2]
+        if not images:
+            log.warning("cvops: no test dataset (cfg.DATASETS.TEST) to check the exported model on: not exported")
+            return
+        results = export_detectron2_model(self.trainer.model, self.trainer.cfg, version, images)
+        for result in results.values():
+            log.info("cvops: %s", result.summary())
 
     def log_evaluation(self, results: Mapping[str, Any], step: int | None = None) -> None:
         """For results of ``trainer.test(cfg, model)`` run outside EvalHook."""
@@ -356,6 +369,20 @@ class CvopsHook(_HookBase):
                 yield lambda image: _instances_to_detections(model([_model_input(image, self.trainer.cfg, torch)])[0])
         finally:
             model.train(was_training)
+
+
+def _test_images(cfg: Any, limit: int) -> tuple[list[dict], list[str], list[np.ndarray]]:
+    """The first ``limit`` records of cfg.DATASETS.TEST[0], its class names and the records'
+    images (RGB); nothing without a test dataset."""
+    test_sets = list(cfg.get("DATASETS", {}).get("TEST", ()))
+    if not test_sets:
+        return [], [], []
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.detection_utils import read_image
+
+    records = DatasetCatalog.get(test_sets[0])[:limit]
+    class_names = list(MetadataCatalog.get(test_sets[0]).thing_classes)
+    return records, class_names, [read_image(record["file_name"], format="RGB") for record in records]
 
 
 def _unwrapped(model: Any) -> Any:
@@ -434,3 +461,58 @@ def log_detectron2_model(run: Any, weights: str | Path, config_yaml: str, *, reg
                                 ("opencv-python-headless", "opencv-python")],
         class_names=class_names,
     )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _traced_detections(model: Any, inputs: list[dict]):
+    """What is traced: the model on one preprocessed image, detections in that image's pixels
+    (detectron2's postprocessing, the rescale to the original size, stays outside the graph)."""
+    instances = model.inference(inputs, do_postprocess=False)[0]
+    return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
+
+
+def export_detectron2_model(model: Any, cfg: Any, version, images: Sequence[np.ndarray], *, client=None,
+                            opset: int = export.DEFAULT_OPSET, tolerance: float = export.DEFAULT_TOLERANCE):
+    """TorchScript (``torch.jit.trace`` of detectron2's ``TracingAdapter``) and ONNX (torch's
+    TorchScript-based exporter on that trace, height and width dynamic) of a trained ``model``
+    registered as ``version``, each checked against the model on ``images`` (RGB, preprocessed as
+    ``cfg`` tests) and recorded by :func:`cvops.export.export_version`; {format: ExportResult}."""
+    torch = require("torch", extra="detectron2")
+    from detectron2.export import TracingAdapter
+
+    model = _unwrapped(model)
+    was_training = model.training
+    model.eval()
+    samples = [_model_input(image, cfg, torch)["image"] for image in images]
+    adapter = TracingAdapter(model, [{"image": samples[0]}], _traced_detections)
+    traced = []  # traced once, on first use, for both formats
+
+    def trace():
+        if not traced:
+            traced.append(torch.jit.trace(adapter, (samples[0],)))
+        return traced[0]
+
+    def torchscript(directory: Path) -> export.Exported:
+        trace().save(str(directory / "model.ts"))
+        loaded = torch.jit.load(str(directory / "model.ts"))
+        return export.Exported("model.ts", lambda image: dict(zip(EXPORT_OUTPUTS, loaded(image))),
+                               {"torch": torch.__version__})
+
+    def onnx(directory: Path) -> export.Exported:
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise export.ExportUnavailable(f"onnxruntime is not installed: {export.ONNX_EXTRA}")
+        # The TorchScript-based exporter (dynamo=False) takes the trace as it is; the torch.export
+        # one would re-trace detectron2's Python, which its data-dependent control flow defeats.
+        torch.onnx.export(trace(), (samples[0],), str(directory / "model.onnx"), dynamo=False, opset_version=opset,
+                          input_names=["image"], output_names=list(EXPORT_OUTPUTS),
+                          dynamic_axes={"image": {1: "height", 2: "width"}})
+        return export.onnx_runtime_model(directory / "model.onnx", {"torch": torch.__version__, "opset": opset})
+
+    try:
+        with torch.no_grad():
+            return export.export_version(version, adapter, samples, {"torchscript": torchscript, "onnx": onnx},
+                                         client=client, tolerance=tolerance)
+    finally:
+        model.train(was_training)

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import mlflow.pyfunc
 
-from cvops import evaluation
+from cvops import evaluation, export
 from cvops.evaluation import Detections
 from cvops.integrations import _pyfunc
 from cvops.integrations._common import never_raises
@@ -65,6 +65,7 @@ DEFAULT_CHECKPOINT_EVERY_N = 1000  # model_main_tf2.py's default, the ceiling of
 # A derived interval may not save more than twice as often as the default would (at least 50 saves
 # allowed): each checkpoint is written, rotated and uploaded to the run.
 MIN_ALLOWED_SAVES = 50
+EXPORT_SAMPLES = 4  # evaluation images the exported model is checked and timed on
 
 
 class FinalEvaluationError(RuntimeError):
@@ -416,6 +417,8 @@ class TFODBridge:
                 self.run, saved_model, registered_model_name=registered_model_name,
                 class_names=label_map_of(read_pipeline_config(self.pipeline_config_path)),
             )
+            if self.run.export_on == "register":
+                export_registered_saved_model(saved_model, self.registered_version, self.pipeline_config_path)
         log_exported_model_evaluation(self.run, saved_model, self.pipeline_config_path, step=self.plan.num_steps)
         return saved_model
 
@@ -561,3 +564,50 @@ def log_exported_model_evaluation(run: Any, saved_model: str | Path, pipeline_co
         run, lambda batch: [by_index(detect(image)) for image in batch], images, [by_index(t) for t in truth],
         list(label_map.values()), step=step,
     )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_saved_model_detector(saved_model: str | Path, version, images, *, client=None,
+                                opset: int = export.DEFAULT_OPSET, tolerance: float = export.DEFAULT_TOLERANCE):
+    """ONNX (tf2onnx from the exported SavedModel's ``serving_default``, extra ``onnx``) of a
+    SavedModel registered as ``version``, every output of the signature checked against the
+    SavedModel's on ``images`` (RGB uint8, one per call as ``input_type=image_tensor`` takes
+    them) and recorded by :func:`cvops.export.export_version`; the ExportResult."""
+    import numpy as np
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    input_name = next(iter(signature.structured_input_signature[1]))
+    samples = [np.asarray(image, dtype=np.uint8)[None] for image in images]
+
+    def onnx(directory: Path) -> export.Exported:
+        if importlib.util.find_spec("tf2onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+            raise export.ExportUnavailable(f"tf2onnx and onnxruntime are needed: {export.ONNX_EXTRA}")
+        import tf2onnx
+
+        onnx_file = directory / "model.onnx"
+        # tf2onnx's command line is its documented entry for a SavedModel (its Python API takes
+        # functions and graphs); a separate process also keeps its graph rewrites out of this one.
+        converted = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model),
+                                    "--output", str(onnx_file), "--opset", str(opset)],
+                                   capture_output=True, text=True)
+        if converted.returncode != 0:
+            raise RuntimeError(f"tf2onnx exited with {converted.returncode}: {converted.stderr[-400:]}")
+        return export.onnx_runtime_model(onnx_file, {"opset": opset, "tf2onnx": tf2onnx.__version__,
+                                                     "tensorflow": tf.__version__})
+
+    return export.export_version(version, lambda image: signature(**{input_name: tf.constant(image)}), samples,
+                                 {"onnx": onnx}, client=client, tolerance=tolerance)["onnx"]
+
+
+@never_raises
+def export_registered_saved_model(saved_model: str | Path, version, pipeline_config_path: str | Path) -> None:
+    """CVOPS_EXPORT=register: the exported model to ONNX, checked on pipeline.config's first
+    evaluation images; needs TensorFlow in this process."""
+    if importlib.util.find_spec("tensorflow") is None:
+        log.warning("cvops: TensorFlow is not importable in this process: the registered model is not exported")
+        return
+    images = read_eval_records(read_pipeline_config(pipeline_config_path))[0][:EXPORT_SAMPLES]
+    log.info("cvops: %s", export_saved_model_detector(saved_model, version, images).summary())

@@ -132,6 +132,7 @@ class DisabledRun:
     ui_url = None
     tracking_uri = None
     status = None
+    export_on = "off"
 
     @property
     def tags(self) -> dict[str, str]:
@@ -201,6 +202,11 @@ class Run:
     @property
     def tracking_uri(self) -> str:
         return self._session.settings.tracking_uri
+
+    @property
+    def export_on(self) -> str:
+        """``CVOPS_EXPORT``: whether the adapters export what they register (cvops.export)."""
+        return self._session.settings.export_on
 
     @property
     def tags(self) -> dict[str, str]:
