@@ -8,7 +8,6 @@ tests/harness/serving.py records as its requirement), from PyPI; the test skips 
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 import uuid

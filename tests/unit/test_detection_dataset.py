@@ -2,7 +2,6 @@
 read from what trainer/examples/make_shapes.py writes, and refused with the file and field named."""
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
