@@ -534,6 +534,18 @@ def pin_mlflow_tracking_uri_per_test(monkeypatch) -> None:
 
 
 @pytest.fixture
+def optuna_storage(postgres) -> str:
+    """A fresh database for Optuna's tables, as `migrate` creates beside MLflow's; its URL."""
+    name = f"optuna_{secrets.token_hex(4)}"
+    connection = postgres.connect()
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    connection.close()
+    return postgres.url(name)
+
+
+@pytest.fixture
 def tracking_env(tracking_server, monkeypatch) -> TrackingServer:
     """The session server's admin login in MLFLOW_TRACKING_*, and no S3 settings (like a laptop)."""
     pin_mlflow_tracking_uri_per_test(monkeypatch)

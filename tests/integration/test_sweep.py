@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 optuna = pytest.importorskip("optuna")
 
-import cvops as cvops_package  # noqa: E402
+from tests.integration.sdk_env import sweep_env  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 OBJECTIVE = REPO / "tests" / "data" / "sweep" / "objective.py"
@@ -31,33 +31,6 @@ ENQUEUED = [
     {"lr": 0.02, "behaviour": "crash"},
     {"lr": 0.03, "behaviour": "good"},
 ]
-
-
-@pytest.fixture
-def optuna_storage(postgres):
-    """A fresh database for Optuna's tables, as `migrate` creates beside MLflow's."""
-    name = f"optuna_{uuid.uuid4().hex[:8]}"
-    connection = postgres.connect()
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name}")
-    connection.close()
-    return postgres.url(name)
-
-
-def sweep_env(server, tmp_path, storage_url: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("MLFLOW_", "CVOPS_", "AWS_"))}
-    env.update({
-        "MLFLOW_TRACKING_URI": server.url,
-        "MLFLOW_TRACKING_USERNAME": server.admin_username,
-        "MLFLOW_TRACKING_PASSWORD": server.admin_password,
-        "CVOPS_SWEEP_STORAGE": storage_url,
-        "CVOPS_SPOOL_DIR": str(tmp_path / "spool"),
-        "CVOPS_CACHE_DIR": str(tmp_path / "cache"),
-        "CVOPS_FLUSH_INTERVAL_S": "0.2",
-        "PYTHONPATH": str(Path(cvops_package.__file__).parents[1]),  # the cvops under test
-    })
-    return env
 
 
 def write_sweep(tmp_path, study: str, enqueued=ENQUEUED, heartbeat_s: int = 30) -> Path:
