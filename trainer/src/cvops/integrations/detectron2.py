@@ -24,7 +24,7 @@ HookBase's interface (``iter``, ``max_iter``, ``storage``, ``cfg``). Only the ma
 As a trial of ``cvops sweep`` the hook reports the sweep's objective (e.g. ``bbox/AP``) whenever
 the storage gets it at the current iteration, i.e. after each periodic evaluation of EvalHook
 (``TEST.EVAL_PERIOD``), which runs before the hook. A pruned trial's run ends KILLED and the hook
-raises :class:`cvops.sweeps.trial.TrialPruned`, a ``SystemExit`` that ends training (after the
+raises :class:`cvops.sweeps.TrialPruned`, a ``SystemExit`` that ends training (after the
 hooks' ``after_train``) and the process with status 0 and no traceback.
 """
 from __future__ import annotations
@@ -230,7 +230,7 @@ class CvopsHook(_HookBase):
         # A disabled run (tracking off) can take metrics but not a registered model: do nothing.
         self._active = _is_main_process() and getattr(run, "enabled", True)
         self._forwarder = StorageForwarder(run, window_size)
-        self._pruned_at: int | None = None  # by the sweep this training is a trial of
+        self._pruned = False  # by the sweep this training is a trial of
 
     @never_raises
     def before_train(self) -> None:
@@ -258,7 +258,7 @@ class CvopsHook(_HookBase):
     def after_step(self) -> None:
         self._forward_on_schedule()
         if self._report_evaluation():
-            self._pruned_at = self.trainer.iter
+            self._pruned = True
             raise TrialPruned(self.trainer.iter)
 
     @never_raises
@@ -286,7 +286,7 @@ class CvopsHook(_HookBase):
 
     @never_raises
     def after_train(self) -> None:
-        if not self._active or self._pruned_at is not None:
+        if not self._active or self._pruned:
             return  # a pruned trial's run has ended: nothing to evaluate or register
         self._forwarder.forward(self.trainer.storage)  # includes EvalHook's final evaluation
         # TrainerBase.train: "self.iter == max_iter can be used by after_train to tell whether
