@@ -18,10 +18,11 @@ Two properties of the unmodified ``model_main_tf2.py`` shape the bridge:
   when training ends. The bridge then replaces it with an evaluator that starts on the final
   checkpoint at once, and fails the run if that evaluation does not arrive.
 
-As a trial of ``cvops sweep`` the bridge reports the sweep's objective from each evaluation the
-evaluator writes while training runs (e.g. ``eval/DetectionBoxes_Precision/mAP``, at the
-evaluated checkpoint's step); when the trial is pruned it stops training and evaluation, skips
-the final evaluation and export, and its run has ended KILLED. The evaluator's 300 s sleep
+As a trial of ``cvops sweep`` the bridge reports the sweep's objective from each evaluation of a
+checkpoint before the final step (e.g. ``eval/DetectionBoxes_Precision/mAP``, at the evaluated
+checkpoint's step), as it arrives during training or as training ends; when the trial is pruned
+it stops training and evaluation, skips the final evaluation and export, and its run has ended
+KILLED. The evaluator's 300 s sleep
 between evaluations sets how often that can happen.
 
 Only the ``tensorboard`` package (protos) is needed in the bridge process; TensorFlow, when it
@@ -352,7 +353,8 @@ class TFODBridge:
             if self.run_eval:
                 processes.append(subprocess.Popen(self._evaluator_command()))
             self._follow(trainer, until=self._pruned_by_sweep)
-            if self.run_eval and trainer.returncode == 0:
+            # An evaluation mirrored as training ended is an intermediate result all the same.
+            if trainer.returncode == 0 and not self._pruned_by_sweep() and self.run_eval:
                 self._evaluate_final_step(processes)
         finally:
             for process in processes:
@@ -363,10 +365,11 @@ class TFODBridge:
             raise subprocess.CalledProcessError(trainer.returncode, trainer.args)
 
     def _pruned_by_sweep(self) -> bool:
-        """As a sweep trial: each new evaluation goes to the trial at its step; True (and
-        ``pruned``) once the trial is pruned, which ends its run KILLED."""
+        """As a sweep trial: each new evaluation before the final step goes to the trial at its
+        step; True (and ``pruned``) once the trial is pruned, which ends its run KILLED. The
+        final step's evaluation is the trial's value, not an intermediate one."""
         for step, metrics in sorted(self.mirror.take_evaluations().items()):
-            if report_intermediate(self.run, metrics, step):
+            if step < self.plan.num_steps and report_intermediate(self.run, metrics, step):
                 self.pruned = True
                 break
         return self.pruned
