@@ -56,7 +56,7 @@ RECIPES = {
         name="detectron2",
         steps=(
             ("torch==2.14.1", "torchvision==0.29.1", "{wheels}/detectron2-0.6-cp311-cp311-linux_x86_64.whl",
-             "opencv-python-headless", "onnxruntime==1.32.0", "-e", "{trainer}[detectron2,onnx]"),
+             "opencv-python-headless", "onnxruntime==1.32.0", "-e", "{trainer}[detectron2,onnx,sweep]"),
         ),
         check="import detectron2._C, cv2, cvops.integrations.detectron2",
     ),
@@ -66,7 +66,7 @@ RECIPES = {
         steps=(
             ("tensorflow-cpu==2.15.1", "tensorflow-io==0.36.0", "pycocotools", "lxml", "contextlib2", "pillow",
              "matplotlib", "pyyaml", "scipy", "pandas", "gin-config", "absl-py", "opencv-python-headless<4.11",
-             "-e", "{trainer}[tfod,onnx]"),
+             "-e", "{trainer}[tfod,onnx,sweep]"),
             # The OD API declares far more than training, evaluation and export import
             # (apache-beam, pyparsing==2.4.7, ...): --no-deps, as the wheelhouse README shows.
             ("--no-deps", "{wheels}/object_detection-0.1-py3-none-any.whl", "{wheels}/tf_slim-1.2.0-py3-none-any.whl",

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -283,3 +284,76 @@ def test_hook_placed_after_the_periodic_writer_warns(d2_python, framework_env, t
     result = support.run_logged([d2_python, "-c", script], log_path=tmp_path / "order.log", timeout_s=300)
     assert result.returncode == 0, support.tail(result.output)
     assert "hooks.insert(-1, hook)" in result.output
+
+
+SWEEP_MAX_ITER = 10
+SWEEP_EVAL_PERIOD = 4  # EvalHook evaluates after iterations 3 and 7, and after the last one
+
+
+def test_a_sweep_prunes_a_trial_at_detectron2s_periodic_evaluation(d2_python, shapes, framework_env,
+                                                                   optuna_storage, tmp_path):
+    """`cvops sweep` over the project example (three trials of 10 iterations, one at a time). The
+    median pruner starts once two trials have completed, so trials 0 and 1 complete; trial 2's ROI
+    heads keep no detection (score threshold 1), so its periodic bbox/AP is detectron2's "no
+    predictions" NaN, worse than any median: pruned at its first evaluation, iteration 3."""
+    import optuna
+
+    from tests.harness.sweeps import sweep_env
+
+    study_name = f"d2-sweep-{time.time_ns()}"
+    command = [str(d2_python), str(support.EXAMPLES / "detectron2" / "train.py"), "--data", str(shapes),
+               "--output-dir", str(tmp_path / "output"), "--max-iter", str(SWEEP_MAX_ITER), "--model-name", "",
+               "--opts", *detectron2_training.SMALL, "TEST.EVAL_PERIOD", str(SWEEP_EVAL_PERIOD)]
+    enqueued = [{"SOLVER.BASE_LR": 0.02, "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0},
+                {"SOLVER.BASE_LR": 0.01, "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0},
+                {"SOLVER.BASE_LR": 0.02, "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 1.0}]
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(json.dumps({  # YAML is a superset of JSON
+        "job": {"framework": "detectron2", "image": "not-used-by-local-trials", "command": command,
+                "experiment": "frameworks-detectron2-sweep"},
+        "study": study_name,
+        "search_space": {"SOLVER.BASE_LR": {"type": "float", "low": 0.001, "high": 0.05, "log": True},
+                         "MODEL.ROI_HEADS.SCORE_THRESH_TEST": {"type": "categorical", "choices": [0.0, 1.0]}},
+        "objective": {"metric": "bbox/AP", "direction": "max"},
+        "pruner": {"type": "median", "startup_trials": 2},
+        "trials": 3, "parallelism": 1, "enqueue": enqueued,
+    }))
+    env = sweep_env(framework_env, tmp_path, optuna_storage)
+    swept = subprocess.run([sys.executable, "-m", "cvops", "sweep", str(spec)], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)
+    output = swept.stdout + swept.stderr
+    assert swept.returncode == 0, support.tail(output)
+
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    trials = study.get_trials()
+    assert [trial.state.name for trial in trials] == ["COMPLETE", "COMPLETE", "PRUNED"], support.tail(output)
+    for trial in trials[:2]:  # reported at each periodic evaluation, not at the final one
+        assert sorted(trial.intermediate_values) == [3, 7]
+    assert list(trials[2].intermediate_values) == [3] and math.isnan(trials[2].intermediate_values[3])
+
+    client = mlflow.MlflowClient(framework_env.url)
+    parent_id = study.user_attrs["cvops.parent_run_id"]
+    runs = [client.get_run(trial.user_attrs["run_id"]) for trial in trials]
+    assert [run.info.status for run in runs] == ["FINISHED", "FINISHED", "KILLED"]
+    for number, run in enumerate(runs):
+        assert run.data.tags["mlflow.parentRunId"] == parent_id and run.data.tags["trial"] == str(number)
+        assert float(run.data.params["SOLVER.BASE_LR"]) == enqueued[number]["SOLVER.BASE_LR"]
+        assert run.data.tags["framework"] == "detectron2"
+    for trial, run in zip(trials[:2], runs[:2]):
+        assert "pruned" not in run.data.tags
+        assert sorted(mlflow_history(client, run.info.run_id, "bbox/AP")) == [3, 7, SWEEP_MAX_ITER]
+        assert trial.value == pytest.approx(run.data.metrics["bbox/AP"])
+    pruned = runs[2]
+    assert pruned.data.tags["pruned"] == "true" and pruned.data.tags["pruned_at_step"] == "3"
+    assert list(mlflow_history(client, pruned.info.run_id, "bbox/AP")) == [3]
+    assert max(mlflow_history(client, pruned.info.run_id, "total_loss")) == 3  # training stopped there
+    assert "training_outcome" not in pruned.data.tags  # no "failed at iteration 3": it was stopped
+    pruned_log = "\n".join(line for line in output.splitlines() if line.startswith("[trial 2]"))
+    assert "Traceback" not in pruned_log and "Exception during training" not in pruned_log, pruned_log
+    assert "pruned at step 3" in pruned_log
+
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["best_trial"] == str(study.best_trial.number)
+    assert parent.data.tags["best_run_id"] == runs[study.best_trial.number].info.run_id
+    assert parent.data.metrics["sweep/best_value"] == pytest.approx(study.best_value)

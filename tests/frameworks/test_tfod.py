@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -264,3 +265,80 @@ def test_failed_training_ends_the_run_failed_with_the_trainers_exit_code(tfod_py
     (run,) = mlflow.search_runs(experiment_names=["framework-tfod"], filter_string="attributes.run_name = 'fails'",
                                 output_format="list")
     assert run.info.status == "FAILED"
+
+
+# Long enough that the evaluation of step 0 (the first checkpoint) arrives before training ends:
+# the continuous evaluator's pass over it is dropped when training ends first.
+SWEEP_STEPS = 1000
+SWEEP_OBJECTIVE = "eval/Loss/total_loss"  # the evaluator's own loss on the evaluation records
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("CVOPS_TFOD_SWEEP") != "1",
+                    reason="three real OD API trainings with evaluators take 10-20 minutes on 2 busy CPU cores, "
+                           "past the framework tier's CI budget; run by hand with CVOPS_TFOD_SWEEP=1")
+def test_a_sweep_prunes_a_trial_at_the_od_api_evaluators_result(tfod_python, framework_env, shapes, optuna_storage,
+                                                                 tmp_path):
+    """`cvops sweep` over `cvops tfod` (tfod_trial.py: the trial's classification_weight in
+    pipeline.config), three trials of 1000 steps, one at a time; the median pruner starts once two
+    trials have completed. The evaluator evaluates step 0's checkpoint first, while training runs;
+    trial 2 weighs its classification loss 1000 times, so its evaluation loss at step 0 is far above
+    the median: pruned at step 0, its trainer and evaluator stopped, nothing exported."""
+    import optuna
+    import psutil
+
+    from tests.frameworks import tfod_trial
+    from tests.harness.sweeps import sweep_env
+
+    study_name = f"tfod-sweep-{time.time_ns()}"
+    pipeline = small_pipeline(shapes, tmp_path / "pipeline.config")
+    command = [str(tfod_python), tfod_trial.__file__, str(pipeline), str(tmp_path), "--",
+               f"--num_train_steps={SWEEP_STEPS}"]
+    enqueued = [{"classification_weight": 1.0}, {"classification_weight": 2.0}, {"classification_weight": 1000.0}]
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(json.dumps({  # YAML is a superset of JSON
+        "job": {"framework": "tfod", "image": "not-used-by-local-trials", "command": command,
+                "experiment": "framework-tfod-sweep"},
+        "study": study_name,
+        "search_space": {"classification_weight": {"type": "float", "low": 0.5, "high": 2000, "log": True}},
+        "objective": {"metric": SWEEP_OBJECTIVE, "direction": "min"},
+        "pruner": {"type": "median", "startup_trials": 2},
+        "trials": 3, "parallelism": 1, "enqueue": enqueued,
+    }))
+    started = time.monotonic()
+    swept = run_logged([sys.executable, "-m", "cvops", "sweep", spec], log_path=tmp_path / "sweep.log",
+                       timeout_s=2400, cwd=tmp_path, env=sweep_env(framework_env, tmp_path, optuna_storage))
+    print(f"cvops sweep of 3 OD API trials: {time.monotonic() - started:.0f} s")
+    assert swept.returncode == 0, tail(swept.output)
+
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    trials = study.get_trials()
+    assert [trial.state.name for trial in trials] == ["COMPLETE", "COMPLETE", "PRUNED"], tail(swept.output)
+    for trial in trials:  # step 0's evaluation is intermediate; the final one is the value
+        assert list(trial.intermediate_values) == [0], (trial.number, tail(swept.output))
+    assert trials[2].intermediate_values[0] > 100 * trials[0].intermediate_values[0]
+
+    client = mlflow.MlflowClient(framework_env.url)
+    parent_id = study.user_attrs["cvops.parent_run_id"]
+    runs = [client.get_run(trial.user_attrs["run_id"]) for trial in trials]
+    assert [run.info.status for run in runs] == ["FINISHED", "FINISHED", "KILLED"]
+    for number, run in enumerate(runs):
+        assert run.data.tags["mlflow.parentRunId"] == parent_id and run.data.tags["trial"] == str(number)
+        assert run.data.tags["framework"] == "tfod"
+    for trial, run in zip(trials[:2], runs[:2]):
+        assert "pruned" not in run.data.tags
+        assert set(history(client, run.info.run_id, SWEEP_OBJECTIVE)) == {0, SWEEP_STEPS}
+        assert trial.value == pytest.approx(run.data.metrics[SWEEP_OBJECTIVE])
+    pruned = runs[2].info.run_id
+    assert runs[2].data.tags["pruned"] == "true" and runs[2].data.tags["pruned_at_step"] == "0"
+    assert set(history(client, pruned, SWEEP_OBJECTIVE)) == {0}  # no final evaluation
+    assert SWEEP_STEPS not in history(client, pruned, "checkpoint/number")  # training stopped before the end
+    assert not artifact_paths(client, pruned, "evaluation")  # nothing exported or evaluated after pruning
+    trial_dir = str(tmp_path / "trial-2")
+    assert not [process for process in psutil.process_iter(["cmdline"])
+                if any(trial_dir in part for part in process.info["cmdline"] or ())]
+
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["best_trial"] == str(study.best_trial.number)
+    assert parent.data.tags["best_run_id"] == runs[study.best_trial.number].info.run_id

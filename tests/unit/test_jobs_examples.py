@@ -90,3 +90,19 @@ def test_the_keras_sweep_varies_what_its_training_script_reads():
         assert f'"{name}": args.' in script, f"train.py does not take {name} from cvops.sweeps.trial_params()"
     # Trials log their model (a model name is given); the sweep registers the best one.
     assert job.command[job.command.index("--model-name") + 1] == spec.registration.name
+
+
+def test_the_detectron2_sweep_varies_config_keys_of_its_training_script():
+    from cvops.sweeps.spec import load_sweep_spec, template_job
+
+    spec = load_sweep_spec(EXAMPLES / "detectron2" / "sweep.yaml")
+    job = template_job(spec)
+    assert (job.job_dir / job.command[1]).is_file()
+    data = job.command[job.command.index("--data") + 1]
+    assert (job.job_dir / data).resolve() == (EXAMPLES / "data" / "shapes-128").resolve()
+    assert job.command[job.command.index("--model-name") + 1] == ""  # trials register nothing
+    script = (job.job_dir / job.command[1]).read_text()
+    assert "cvops.sweeps.trial_params()" in script
+    for name in spec.search_space:
+        # detectron2 config keys: upper-case nodes, as cfg.merge_from_list takes them
+        assert name.split(".")[0] in ("MODEL", "SOLVER", "INPUT", "TEST", "DATALOADER"), name

@@ -142,3 +142,19 @@ def test_trial_params_reach_the_script_typed(monkeypatch):
     assert not in_trial() and report_intermediate(None, {"val_loss": 1.0}, 0) is False
     monkeypatch.setenv("CVOPS_TRIAL_PARAMS", '{"lr": 0.01, "filters": 16, "backbone": "tiny"}')
     assert trial_params({"lr": 0.1, "epochs": 3}) == {"lr": 0.01, "filters": 16, "backbone": "tiny", "epochs": 3}
+
+
+def test_the_objective_is_found_under_its_written_or_its_logged_name(monkeypatch):
+    """The OD API writes ``mAP@.50IOU``; the run (and the sweep reading it back) has it as
+    ``mAP_at_.50IOU``: a sweep objective spelled either way is found in the evaluator's metrics."""
+    from cvops.sweeps.trial import objective_value
+
+    evaluated = {"eval/DetectionBoxes_Precision/mAP@.50IOU": 0.4, "eval/Loss/total_loss": 2.0}
+    monkeypatch.setenv("CVOPS_SWEEP_OBJECTIVE", "eval/DetectionBoxes_Precision/mAP@.50IOU")
+    monkeypatch.delenv("CVOPS_TRIAL_NUMBER", raising=False)
+    assert objective_value(evaluated) is None  # not a trial
+    monkeypatch.setenv("CVOPS_TRIAL_NUMBER", "3")
+    assert objective_value(evaluated) == 0.4
+    monkeypatch.setenv("CVOPS_SWEEP_OBJECTIVE", "eval/DetectionBoxes_Precision/mAP_at_.50IOU")
+    assert objective_value(evaluated) == 0.4
+    assert objective_value({"eval/Loss/total_loss": 2.0}) is None

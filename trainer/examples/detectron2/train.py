@@ -7,11 +7,16 @@ evaluation, the final model registered).
 Sized for a CPU in a few minutes (128x128 images, ResNet-18, GroupNorm so training from scratch
 works at a small batch); on a GPU it takes seconds. ``--opts KEY VALUE ...`` overrides any config
 key, as in detectron2's own tools.
+
+As a trial of ``cvops sweep`` (sweep.yaml), the trial's parameters are config keys
+(``SOLVER.BASE_LR``) applied over ``--opts``, each trial writes into ``OUTPUT_DIR/trial-N``, and
+the hook reports ``bbox/AP`` of every periodic evaluation (``TEST.EVAL_PERIOD``) for pruning.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,14 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     from detectron2.evaluation import COCOEvaluator
 
     import cvops
+    import cvops.sweeps
     from cvops.integrations.detectron2 import CvopsHook
 
     for split in ("train", "val"):
         register_coco_instances(f"shapes_{split}", {}, str(args.data / "annotations" / f"{split}.json"),
                                 str(args.data / "images"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = build_config(args.data, args.output_dir, args.max_iter, device, args.opts)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
+    trial_opts = [part for key, value in cvops.sweeps.trial_params().items() for part in (key, value)]
+    output_dir = args.output_dir
+    if cvops.sweeps.in_trial():  # parallel trials must not share checkpoints and evaluator files
+        output_dir = output_dir / f"trial-{os.environ['CVOPS_TRIAL_NUMBER']}"
+    cfg = build_config(args.data, output_dir, args.max_iter, device, [*args.opts, *trial_opts])
+    output_dir.mkdir(parents=True, exist_ok=True)
 
     with cvops.start_run(tags={"task": "detection", "dataset": args.data.name}) as run:
 

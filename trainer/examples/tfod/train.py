@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             run, pipeline_config_path=args.pipeline, model_dir=args.model_dir, train_args=model_main_args + after_dashes
         )
         bridge.train()
+        if bridge.pruned:  # a trial of `cvops sweep` that the sweep stopped: its run has ended
+            return 0
         bridge.export(args.model_dir / "exported", registered_model_name=args.model_name)
     return 0
 

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                 train_args=model_main_args,
             )
             bridge.train()
-            if args.export_dir:
+            if args.export_dir and not bridge.pruned:  # a pruned sweep trial's model is not worth exporting
                 bridge.export(args.export_dir, registered_model_name=args.registered_model_name)
     except (PipelineConfigError, FileNotFoundError) as error:
         print(f"cvops tfod: {error}", file=sys.stderr)

@@ -20,6 +20,12 @@ only iterations not sent before (step = the trainer iteration). Both subclass de
 ``HookBase``/``EventWriter`` when detectron2 is importable (``register_hooks`` and
 ``PeriodicWriter`` check that); without detectron2 the hook works with any trainer that has
 HookBase's interface (``iter``, ``max_iter``, ``storage``, ``cfg``). Only the main process logs.
+
+As a trial of ``cvops sweep`` the hook reports the sweep's objective (e.g. ``bbox/AP``) whenever
+the storage gets it at the current iteration, i.e. after each periodic evaluation of EvalHook
+(``TEST.EVAL_PERIOD``), which runs before the hook. A pruned trial's run ends KILLED and the hook
+raises :class:`cvops.sweeps.TrialPruned`, a ``SystemExit`` that ends training (after the
+hooks' ``after_train``) and the process with status 0 and no traceback.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from cvops import evaluation, export
 from cvops.evaluation import Detections
 from cvops.integrations import _pyfunc
 from cvops.integrations._common import never_raises, require
+from cvops.sweeps.trial import TrialPruned, objective_value, report_intermediate
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,14 @@ def _is_main_process() -> bool:
     from detectron2.utils import comm
 
     return comm.is_main_process()
+
+
+def _world_size() -> int:
+    if not _HAVE_DETECTRON2:
+        return 1
+    from detectron2.utils import comm
+
+    return comm.get_world_size()
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -218,6 +233,7 @@ class CvopsHook(_HookBase):
         # A disabled run (tracking off) can take metrics but not a registered model: do nothing.
         self._active = _is_main_process() and getattr(run, "enabled", True)
         self._forwarder = StorageForwarder(run, window_size)
+        self._pruned = False  # by the sweep this training is a trial of
 
     @never_raises
     def before_train(self) -> None:
@@ -242,16 +258,39 @@ class CvopsHook(_HookBase):
                 "first: register it with hooks.insert(-1, hook) in build_hooks to log images"
             )
 
-    @never_raises
     def after_step(self) -> None:
+        self._forward_on_schedule()
+        if self._report_evaluation():
+            self._pruned = True
+            raise TrialPruned(self.trainer.iter)
+
+    @never_raises
+    def _forward_on_schedule(self) -> None:
         iteration = self.trainer.iter
         if self._active and ((iteration + 1) % self.period == 0 or iteration == self.trainer.max_iter - 1):
             self._forwarder.forward(self.trainer.storage)
 
     @never_raises
-    def after_train(self) -> None:
+    def _report_evaluation(self) -> bool:
+        """As a sweep trial: the objective that EvalHook has just put into the storage goes to
+        the run (at this iteration) and to the trial; True when the trial is pruned."""
         if not self._active:
-            return
+            return False
+        iteration = self.trainer.iter
+        current = {name: value for name, (value, at) in self.trainer.storage.latest().items() if at == iteration}
+        if objective_value(current) is None:
+            return False
+        if _world_size() > 1:
+            # The other processes would wait for this one in their next all-reduce forever.
+            log.warning("cvops: not reporting to the sweep: pruning stops one process of a multi-process training")
+            return False
+        self._forwarder.forward(self.trainer.storage)  # the evaluated value, logged before the run ends
+        return report_intermediate(self.run, current, iteration)
+
+    @never_raises
+    def after_train(self) -> None:
+        if not self._active or self._pruned:
+            return  # a pruned trial's run has ended: nothing to evaluate or register
         self._forwarder.forward(self.trainer.storage)  # includes EvalHook's final evaluation
         # TrainerBase.train: "self.iter == max_iter can be used by after_train to tell whether
         # the training successfully finished or failed due to exceptions".

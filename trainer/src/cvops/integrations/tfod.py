@@ -18,6 +18,13 @@ Two properties of the unmodified ``model_main_tf2.py`` shape the bridge:
   when training ends. The bridge then replaces it with an evaluator that starts on the final
   checkpoint at once, and fails the run if that evaluation does not arrive.
 
+As a trial of ``cvops sweep`` the bridge reports the sweep's objective from each evaluation of a
+checkpoint before the final step (e.g. ``eval/DetectionBoxes_Precision/mAP``, at the evaluated
+checkpoint's step), as it arrives during training or as training ends; when the trial is pruned
+it stops training and evaluation, skips the final evaluation and export, and its run has ended
+KILLED. The evaluator's 300 s sleep
+between evaluations sets how often that can happen.
+
 Only the ``tensorboard`` package (protos) is needed in the bridge process; TensorFlow, when it
 is importable, reads the training step stored in a checkpoint and evaluates the exported model
 on the evaluation records (PR curves, confusion matrix, per-class AP, samples, latency).
@@ -54,6 +61,7 @@ from cvops.integrations.pipeline_config import (
     summarize,
 )
 from cvops.integrations.tfevents import EventDirectoryTailer, Image, Scalar
+from cvops.sweeps.trial import report_intermediate
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +191,7 @@ class ModelDirMirror:
         self._logged_checkpoints: set[str] = set()
         self._images_dir = Path(tempfile.mkdtemp(prefix="cvops-tfod-images-"))
         self.evaluated_step: int | None = None  # highest step of any evaluation scalar seen
+        self._new_evaluations: dict[int, dict[str, float]] = {}
 
     @never_raises
     def poll(self) -> None:
@@ -193,12 +202,21 @@ class ModelDirMirror:
         if self.log_checkpoints:
             self._log_new_checkpoints()
 
+    def take_evaluations(self) -> dict[int, dict[str, float]]:
+        """Evaluation scalars seen since the last call, by step (an evaluation read half-written
+        comes in two parts)."""
+        taken, self._new_evaluations = self._new_evaluations, {}
+        return taken
+
     def _log_scalars(self, scalars: Sequence[Scalar]) -> None:
         by_step: dict[tuple[int, float], dict[str, float]] = {}
         for scalar in scalars:
-            if source_prefix(scalar.source) and (self.evaluated_step is None or scalar.step > self.evaluated_step):
-                self.evaluated_step = scalar.step
-            by_step.setdefault((scalar.step, scalar.wall_time), {})[metric_name(scalar.source, scalar.tag)] = scalar.value
+            name = metric_name(scalar.source, scalar.tag)
+            if source_prefix(scalar.source):
+                if self.evaluated_step is None or scalar.step > self.evaluated_step:
+                    self.evaluated_step = scalar.step
+                self._new_evaluations.setdefault(scalar.step, {})[name] = scalar.value
+            by_step.setdefault((scalar.step, scalar.wall_time), {})[name] = scalar.value
         for (step, wall_time), metrics in sorted(by_step.items()):
             self.run.log_metrics(metrics, step=step, timestamp_ms=int(wall_time * 1000))
 
@@ -307,6 +325,7 @@ class TFODBridge:
         self.plan = plan_training(read_pipeline_config(self.pipeline_config_path), self.train_args)
         self.mirror = ModelDirMirror(run, self.model_dir, log_checkpoints=log_checkpoints)
         self.registered_version = None  # set by export(registered_model_name=...)
+        self.pruned = False  # by the sweep this training is a trial of: train() stopped it
 
     def _model_main_command(self, *extra: str) -> list[str]:
         return [
@@ -324,7 +343,8 @@ class TFODBridge:
     def train(self) -> None:
         """Train (and evaluate alongside), mirroring as it goes; raises CalledProcessError if
         training fails, after everything written so far has been logged, and
-        FinalEvaluationError if the final checkpoint could not be evaluated."""
+        FinalEvaluationError if the final checkpoint could not be evaluated. A sweep trial that
+        is pruned returns early with ``pruned`` set: its processes are stopped."""
         log_pipeline_config(self.run, self.pipeline_config_path)
         self.run.log_params({"num_train_steps": self.plan.num_steps, "checkpoint_every_n": self.plan.checkpoint_every_n})
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -333,16 +353,27 @@ class TFODBridge:
         try:
             if self.run_eval:
                 processes.append(subprocess.Popen(self._evaluator_command()))
-            self._follow(trainer)
-            if self.run_eval and trainer.returncode == 0:
+            self._follow(trainer, until=self._pruned_by_sweep)
+            # An evaluation mirrored as training ended is an intermediate result all the same.
+            if trainer.returncode == 0 and not self._pruned_by_sweep() and self.run_eval:
                 self._evaluate_final_step(processes)
         finally:
             for process in processes:
                 _stop(process)
             self.mirror.poll()  # catch up with whatever was written last
             self.mirror.close()
-        if trainer.returncode != 0:
+        if trainer.returncode != 0 and not self.pruned:
             raise subprocess.CalledProcessError(trainer.returncode, trainer.args)
+
+    def _pruned_by_sweep(self) -> bool:
+        """As a sweep trial: each new evaluation before the final step goes to the trial at its
+        step; True (and ``pruned``) once the trial is pruned, which ends its run KILLED. The
+        final step's evaluation is the trial's value, not an intermediate one."""
+        for step, metrics in sorted(self.mirror.take_evaluations().items()):
+            if step < self.plan.num_steps and report_intermediate(self.run, metrics, step):
+                self.pruned = True
+                break
+        return self.pruned
 
     def _evaluate_final_step(self, processes: list[subprocess.Popen]) -> None:
         """Make sure the final checkpoint is evaluated. The continuous evaluator sleeps 300 s after

@@ -12,7 +12,9 @@ Inside a trial::
             run.log_metric("val_loss", val_loss, step=epoch)
             if cvops.sweeps.report_intermediate(run, {"val_loss": val_loss}, epoch):
                 break  # pruned: the run has ended KILLED
-"""
-from cvops.sweeps.trial import in_trial, report_intermediate, trial_params
 
-__all__ = ["in_trial", "report_intermediate", "trial_params"]
+The framework integrations report by themselves (docs/sweeps.md, "The trial's side").
+"""
+from cvops.sweeps.trial import TrialPruned, in_trial, report_intermediate, trial_params
+
+__all__ = ["TrialPruned", "in_trial", "report_intermediate", "trial_params"]

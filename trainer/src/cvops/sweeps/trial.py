@@ -9,7 +9,9 @@
 
 A pruned trial ends its run KILLED with tags ``pruned=true`` and ``pruned_at_step``; the sweep
 then tells the study PRUNED. Reporting never stops training because of a tracking or database
-problem: it warns and carries on unpruned.
+problem: it warns and carries on unpruned. The objective is found in reported metrics by the
+name the run logs it under (:func:`cvops.sanitize_metric_name`), so ``DetectionBoxes_Precision/mAP@.50IOU``
+and its logged form ``DetectionBoxes_Precision/mAP_at_.50IOU`` both match.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import logging
 import os
 import threading
 from typing import Any, Mapping
+
+from cvops.tracking.names import sanitize_metric_name
 
 log = logging.getLogger("cvops")
 
@@ -41,6 +45,21 @@ def trial_params(defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 def in_trial() -> bool:
     return bool(os.environ.get(NUMBER_ENV))
+
+
+class TrialPruned(SystemExit):
+    """Raised by an adapter whose training loop can only be left by an exception (Detectron2's
+    ``TrainerBase.train``). A ``SystemExit`` with status 0: the loop's and the script's
+    ``except Exception`` let it through, so nothing logs it as a training error, ``finally``
+    blocks and ``after_train`` hooks still run, and the process ends quietly unless the script
+    catches it. The trial's run has already ended KILLED."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(0)
+        self.step = step
+
+    def __str__(self) -> str:
+        return f"the sweep pruned this trial at step {self.step}"
 
 
 class _TrialReporter:
@@ -74,20 +93,27 @@ _reporter: _TrialReporter | None = None
 _reporter_lock = threading.Lock()
 
 
+def objective_value(metrics: Mapping[str, Any]) -> Any:
+    """The sweep's objective in ``metrics`` (matched by logged name); None outside a trial."""
+    if not in_trial():
+        return None
+    wanted = sanitize_metric_name(os.environ.get(OBJECTIVE_ENV, ""))
+    return next((value for name, value in metrics.items() if sanitize_metric_name(name) == wanted), None)
+
+
 def report_intermediate(run: Any, metrics: Mapping[str, Any], step: int) -> bool:
     """Report the sweep's objective if ``metrics`` holds it; True when the trial is pruned
     (its run has then ended KILLED and training should stop). False outside a sweep."""
     global _reporter
-    if not in_trial():
+    value = objective_value(metrics)
+    if value is None:
         return False
-    objective = os.environ.get(OBJECTIVE_ENV)
-    if objective not in metrics or metrics[objective] is None:
-        return False
+    objective = os.environ[OBJECTIVE_ENV]
     try:
         with _reporter_lock:
             if _reporter is None:
                 _reporter = _TrialReporter(os.environ)
-        return _reporter.report(run, metrics[objective], step)
+        return _reporter.report(run, value, step)
     except Exception as error:  # the study's database is not the training's business
         log.warning("cvops: could not report %s to the sweep's study (%s); this trial will not be pruned",
                     objective, error)
