@@ -65,7 +65,7 @@ def test_full_spec_loads_with_the_job_file_relative_to_the_sweep_file(tmp_path):
 def test_defaults_and_short_forms():
     spec = parse_sweep_spec({**MINIMAL, "pruner": "hyperband"})
     assert spec.objective.direction == "minimize"
-    assert (spec.sampler, spec.parallelism, spec.gpus_per_trial) == ("tpe", 1, 0)
+    assert (spec.sampler, spec.parallelism, spec.gpus_per_trial, spec.trials_in) == ("tpe", 1, 0, "local")
     assert spec.pruner.type == "hyperband"
     assert parse_sweep_spec(MINIMAL).pruner.type == "none"
 
@@ -95,6 +95,7 @@ def test_defaults_and_short_forms():
         ({"job": {**JOB, "gpus": "many"}}, "job.gpus", "not a GPU request"),
         ({"job": {key: value for key, value in JOB.items() if key != "image"}}, "job.image", "required field is missing"),
         ({"workers": 3}, "workers", "unknown field"),
+        ({"trials_in": "kubernetes"}, "trials_in", "'local' or 'docker'"),
     ],
 )
 def test_every_problem_names_its_field(changes, field, message):
@@ -133,3 +134,25 @@ def test_trial_params_reach_the_script_typed(monkeypatch):
     assert not in_trial() and report_intermediate(None, {"val_loss": 1.0}, 0) is False
     monkeypatch.setenv("CVOPS_TRIAL_PARAMS", '{"lr": 0.01, "filters": 16, "backbone": "tiny"}')
     assert trial_params({"lr": 0.1, "epochs": 3}) == {"lr": 0.01, "filters": 16, "backbone": "tiny", "epochs": 3}
+
+
+@pytest.mark.parametrize(
+    ("url", "network", "refused_because"),
+    [
+        ("sqlite:///optuna.db", "host", "not a SQLite file"),
+        ("postgresql+psycopg2://optuna:s3cret@127.0.0.1:5432/optuna", None, "network bridge cannot reach"),
+        ("postgresql+psycopg2://optuna:s3cret@localhost:5432/optuna", "cvops_default", "network cvops_default"),
+        ("postgresql+psycopg2://optuna:s3cret@127.0.0.1:5432/optuna", "host", None),
+        ("postgresql+psycopg2://optuna:s3cret@db.example.com:5432/optuna", None, None),
+    ],
+)
+def test_trials_in_containers_need_a_storage_their_network_reaches(url, network, refused_because):
+    from cvops.sweeps.containers import check_storage_reachable
+    from cvops.sweeps.runner import SweepError
+
+    if refused_because is None:
+        check_storage_reachable(url, network)
+        return
+    with pytest.raises(SweepError) as caught:
+        check_storage_reachable(url, network)
+    assert refused_because in str(caught.value) and "s3cret" not in str(caught.value)

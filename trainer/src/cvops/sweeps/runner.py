@@ -1,4 +1,4 @@
-"""`cvops sweep`: runs a study's trials as local processes, each a child run of the sweep's run.
+"""`cvops sweep`: runs a study's trials as local processes or containers, each a child run of the sweep's run.
 
 One Optuna study in RDB storage (the stack's PostgreSQL) is the only coordination: every
 ``cvops sweep`` process on the same study asks it for the next trial, so two processes never
@@ -133,6 +133,7 @@ class _Sweep:
     stopping: threading.Event = field(default_factory=threading.Event)
     processes: set = field(default_factory=set)
     running_trial_ids: set = field(default_factory=set)
+    containers: Any = None  # cvops.sweeps.containers.TrialContainers with `trials_in: docker`
 
     # ------------------------------------------------------------------ trials
     def next_trial(self):
@@ -186,18 +187,26 @@ class _Sweep:
         close_run_if_open(self.tracking_uri, run_id, final_status(exit_code, self.stopping.is_set()), exit_code)
         self.tell_from_run(trial.number, transport, run_id, exit_code)
 
-    def run_command(self, trial, run_id: str, gpu_uuids: tuple[str, ...]) -> int:
-        env = {**os.environ, **job_env(self.job, self.provenance, Tracking(uri=self.tracking_uri, run_id=run_id))}
-        env.update({
-            # A local process, not a container (the SDK's container defaults do not apply).
-            "CVOPS_IN_CONTAINER": "0",
-            "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids),
+    def trial_environment(self, trial) -> dict[str, str]:
+        return {
             trial_env.PARAMS_ENV: json.dumps(trial.params),
             trial_env.NUMBER_ENV: str(trial.number),
             trial_env.STUDY_ENV: self.spec.study,
             STORAGE_ENV: self.storage_url,
             trial_env.OBJECTIVE_ENV: self.spec.objective.metric,
             trial_env.PRUNER_ENV: self.spec.pruner.model_dump_json(),
+        }
+
+    def run_command(self, trial, run_id: str, gpu_uuids: tuple[str, ...]) -> int:
+        if self.containers is not None:
+            return self.containers.run(trial.number, run_id, self.parent.experiment_id, self.trial_environment(trial),
+                                       gpu_uuids, functools.partial(self.trial_log, trial.number))
+        env = {**os.environ, **job_env(self.job, self.provenance, Tracking(uri=self.tracking_uri, run_id=run_id))}
+        env.update({
+            # A local process, not a container (the SDK's container defaults do not apply).
+            "CVOPS_IN_CONTAINER": "0",
+            "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids),
+            **self.trial_environment(trial),
         })
         try:
             process = subprocess.Popen(
@@ -210,12 +219,17 @@ class _Sweep:
         self.processes.add(process)
         try:
             for line in process.stdout:
-                self.out.write(f"[trial {trial.number}] {line}")
+                self.trial_log(trial.number, line)
             returncode = process.wait()
         finally:
             self.processes.discard(process)
         # A process killed by signal N reports -N; shells report 128+N, and so do we.
         return 128 - returncode if returncode < 0 else returncode
+
+    def trial_log(self, number: int, line: str) -> None:
+        # Flushed per line: a piped `cvops sweep` (tee, CI) shows its trials live.
+        self.out.write(f"[trial {number}] {line}")
+        self.out.flush()
 
     def tell_from_run(self, number: int, transport, run_id: str, exit_code: int) -> None:
         from cvops.tracking.names import sanitize_metric_name
@@ -270,6 +284,8 @@ class _Sweep:
                 os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        if self.containers is not None:
+            self.containers.stop()
 
 
 def _param_text(value: Any) -> str:
@@ -328,6 +344,15 @@ def run_sweep(spec: SweepSpec, *, resume: bool, budget: int | None, out: TextIO 
     check_host_paths(job)
     gpu_groups = _gpu_groups(spec)
     storage_url = spec.storage_url(os.environ)
+    commit, dirty = git_provenance(job.job_dir)
+    provenance, containers = Provenance(git_commit=commit, git_dirty=dirty), None
+    # Before the study and the parent run exist: a sweep that cannot start containers leaves neither.
+    if spec.trials_in == "docker":
+        from cvops.sweeps.containers import TrialContainers
+
+        containers = TrialContainers.prepare(job, spec.study, settings.tracking_uri, storage_url, provenance,
+                                             spec.gpus_per_trial)
+        provenance = containers.provenance
     study, created = open_study(
         spec, storage_url, create=True, load=resume,
         on_stale_trial=functools.partial(fail_stale_trial_run, settings.tracking_uri),
@@ -352,9 +377,8 @@ def run_sweep(spec: SweepSpec, *, resume: bool, budget: int | None, out: TextIO 
     if spec.source_file:
         parent.log_artifact(spec.source_file, "sweep")
     print(f"[sweep] study {spec.study!r}, parent run {parent.ui_url or parent.run_id}", file=out, flush=True)
-    commit, dirty = git_provenance(job.job_dir)
-    sweep = _Sweep(spec, job, study, storage_url, settings.tracking_uri, parent,
-                   Provenance(git_commit=commit, git_dirty=dirty), budget or spec.trials, out)
+    sweep = _Sweep(spec, job, study, storage_url, settings.tracking_uri, parent, provenance,
+                   budget or spec.trials, out, containers=containers)
     workers = [threading.Thread(target=sweep.work, args=(group,), daemon=True) for group in gpu_groups]
     done_beating = threading.Event()
     threading.Thread(target=sweep.beat, args=(done_beating,), daemon=True).start()
