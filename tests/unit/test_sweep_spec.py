@@ -65,7 +65,7 @@ def test_full_spec_loads_with_the_job_file_relative_to_the_sweep_file(tmp_path):
 def test_defaults_and_short_forms():
     spec = parse_sweep_spec({**MINIMAL, "pruner": "hyperband"})
     assert spec.objective.direction == "minimize"
-    assert (spec.sampler, spec.parallelism, spec.gpus_per_trial) == ("tpe", 1, 0)
+    assert (spec.sampler, spec.parallelism, spec.gpus_per_trial, spec.trials_in) == ("tpe", 1, 0, "local")
     assert spec.pruner.type == "hyperband"
     assert parse_sweep_spec(MINIMAL).pruner.type == "none"
     assert parse_sweep_spec(MINIMAL).registration is None
@@ -104,6 +104,7 @@ def test_defaults_and_short_forms():
         ({"register": {"name": "shapes", "alias": "my alias"}}, "register.alias", "letters, digits"),
         ({"register": {"name": "shapes", "stage": "prod"}}, "register.stage", "unknown field"),
         ({"kubernetes": {"storage_secret": ""}}, "kubernetes.storage_secret", "at least 1 character"),
+        ({"trials_in": "kubernetes"}, "trials_in", "'local' or 'docker'"),
     ],
 )
 def test_every_problem_names_its_field(changes, field, message):
@@ -158,3 +159,25 @@ def test_the_objective_is_found_under_its_written_or_its_logged_name(monkeypatch
     monkeypatch.setenv("CVOPS_SWEEP_OBJECTIVE", "eval/DetectionBoxes_Precision/mAP_at_.50IOU")
     assert objective_value(evaluated) == 0.4
     assert objective_value({"eval/Loss/total_loss": 2.0}) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "network", "refused_because"),
+    [
+        ("sqlite:///optuna.db", "host", "not a SQLite file"),
+        ("postgresql+psycopg2://optuna:s3cret@127.0.0.1:5432/optuna", None, "network bridge cannot reach"),
+        ("postgresql+psycopg2://optuna:s3cret@localhost:5432/optuna", "cvops_default", "network cvops_default"),
+        ("postgresql+psycopg2://optuna:s3cret@127.0.0.1:5432/optuna", "host", None),
+        ("postgresql+psycopg2://optuna:s3cret@db.example.com:5432/optuna", None, None),
+    ],
+)
+def test_trials_in_containers_need_a_storage_their_network_reaches(url, network, refused_because):
+    from cvops.sweeps.containers import check_storage_reachable
+    from cvops.sweeps.runner import SweepError
+
+    if refused_because is None:
+        check_storage_reachable(url, network)
+        return
+    with pytest.raises(SweepError) as caught:
+        check_storage_reachable(url, network)
+    assert refused_because in str(caught.value) and "s3cret" not in str(caught.value)

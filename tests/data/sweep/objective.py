@@ -2,7 +2,8 @@
 
 base(lr) is smallest at lr = 0.01; behaviour `bad` makes a curve the median pruner must prune
 once two trials have completed; `crash` kills the process mid-run (a worker dying); `hang`
-writes its process id to hang.pid and waits to be killed (its whole sweep process dying). With
+says `hanging`, writes its process id to hang.pid (where the folder is writable: a container's
+code mount is not) and waits to be killed (its whole sweep process dying, or its container). With
 OBJECTIVE_LOGS_MODEL=1 a finished trial logs a small pyfunc model, unregistered, as a trial of a
 sweep that registers its best model does."""
 import math
@@ -17,8 +18,10 @@ params = cvops.sweeps.trial_params({"lr": 0.01, "behaviour": "good"})
 base = 100.0 if params["behaviour"] == "bad" else abs(math.log10(params["lr"]) + 2) + 1
 with cvops.start_run() as run:
     if params["behaviour"] == "hang":
-        with open("hang.pid", "w") as pid_file:
-            pid_file.write(str(os.getpid()))
+        if os.access(".", os.W_OK):
+            with open("hang.pid", "w") as pid_file:
+                pid_file.write(str(os.getpid()))
+        print("hanging", flush=True)
         time.sleep(600)
     for epoch in range(6):
         if params["behaviour"] == "crash" and epoch == 2:

@@ -12,10 +12,10 @@ def register(subparsers) -> None:
         help="run a hyperparameter sweep (Optuna study on the stack's PostgreSQL), every trial a tracked run",
         description=(
             "`cvops sweep SPEC` creates the study and the sweep's parent run and runs trials, "
-            "`parallelism` at a time, as local processes; `--resume` continues a study (also from "
-            "a second process or host at the same time). `cvops sweep status SPEC` lists the "
-            "trials. `--render k8s` prints the sweep as Kubernetes objects whose pods share the "
-            "study. Reference: docs/sweeps.md."
+            "`parallelism` at a time, as local processes or containers (`trials_in`); `--resume` "
+            "continues a study (also from a second process or host at the same time). `cvops sweep "
+            "status SPEC` lists the trials. `--render k8s` prints the sweep as Kubernetes objects "
+            "whose pods share the study. Reference: docs/sweeps.md."
         ),
     )
     sweep.add_argument("action_or_spec", metavar="[status] SPEC", help="the sweep spec (YAML), after `status` to list trials")

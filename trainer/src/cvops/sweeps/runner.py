@@ -1,4 +1,4 @@
-"""`cvops sweep`: runs a study's trials as local processes, each a child run of the sweep's run.
+"""`cvops sweep`: runs a study's trials as local processes or containers, each a child run of the sweep's run.
 
 One Optuna study in RDB storage (the stack's PostgreSQL) is the only coordination: every
 ``cvops sweep`` process on the same study asks it for the next trial, so two processes never
@@ -144,6 +144,7 @@ class _Sweep:
     processes: set = field(default_factory=set)
     trials_run: int = 0
     running_trial_ids: set = field(default_factory=set)
+    containers: Any = None  # cvops.sweeps.containers.TrialContainers with `trials_in: docker`
 
     # ------------------------------------------------------------------ trials
     def next_trial(self):
@@ -204,7 +205,20 @@ class _Sweep:
         close_run_if_open(self.tracking_uri, run_id, final_status(exit_code, self.stopping.is_set()), exit_code)
         self.tell_from_run(trial.number, transport, run_id, exit_code)
 
+    def trial_environment(self, trial) -> dict[str, str]:
+        return {
+            trial_env.PARAMS_ENV: json.dumps(trial.params),
+            trial_env.NUMBER_ENV: str(trial.number),
+            trial_env.STUDY_ENV: self.spec.study,
+            STORAGE_ENV: self.storage_url,
+            trial_env.OBJECTIVE_ENV: self.spec.objective.metric,
+            trial_env.PRUNER_ENV: self.spec.pruner.model_dump_json(),
+        }
+
     def run_command(self, trial, run_id: str, gpu_uuids: tuple[str, ...]) -> int:
+        if self.containers is not None:
+            return self.containers.run(trial.number, run_id, self.parent.experiment_id, self.trial_environment(trial),
+                                       gpu_uuids, functools.partial(self.trial_log, trial.number))
         if self.in_place:
             # The pod already has the job's environment, working directory and GPUs.
             env, cwd = {**os.environ, "MLFLOW_RUN_ID": run_id}, None
@@ -213,14 +227,7 @@ class _Sweep:
             # A local process, not a container (the SDK's container defaults do not apply).
             env.update({"CVOPS_IN_CONTAINER": "0", "CUDA_VISIBLE_DEVICES": ",".join(gpu_uuids)})
             cwd = self.job.job_dir
-        env.update({
-            trial_env.PARAMS_ENV: json.dumps(trial.params),
-            trial_env.NUMBER_ENV: str(trial.number),
-            trial_env.STUDY_ENV: self.spec.study,
-            STORAGE_ENV: self.storage_url,
-            trial_env.OBJECTIVE_ENV: self.spec.objective.metric,
-            trial_env.PRUNER_ENV: self.spec.pruner.model_dump_json(),
-        })
+        env.update(self.trial_environment(trial))
         try:
             process = subprocess.Popen(
                 list(self.job.command), cwd=cwd, env=env, stdout=subprocess.PIPE,
@@ -232,12 +239,17 @@ class _Sweep:
         self.processes.add(process)
         try:
             for line in process.stdout:
-                self.out.write(f"[trial {trial.number}] {line}")
+                self.trial_log(trial.number, line)
             returncode = process.wait()
         finally:
             self.processes.discard(process)
         # A process killed by signal N reports -N; shells report 128+N, and so do we.
         return 128 - returncode if returncode < 0 else returncode
+
+    def trial_log(self, number: int, line: str) -> None:
+        # Flushed per line: a piped `cvops sweep` (tee, CI) shows its trials live.
+        self.out.write(f"[trial {number}] {line}")
+        self.out.flush()
 
     def tell_from_run(self, number: int, transport, run_id: str, exit_code: int) -> None:
         from cvops.tracking.names import sanitize_metric_name
@@ -292,6 +304,8 @@ class _Sweep:
                 os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        if self.containers is not None:
+            self.containers.stop()
 
 
 def _started_count(study) -> int:
@@ -468,12 +482,20 @@ def run_sweep(spec: SweepSpec, *, resume: bool, out: TextIO = sys.stdout) -> int
     job = template_job(spec)
     check_host_paths(job)
     gpu_groups = _gpu_groups(spec)
+    commit, dirty = git_provenance(job.job_dir)
+    provenance, containers = Provenance(git_commit=commit, git_dirty=dirty), None
+    # Before the study and the parent run exist: a sweep that cannot start containers leaves neither.
+    if spec.trials_in == "docker":
+        from cvops.sweeps.containers import TrialContainers
+
+        containers = TrialContainers.prepare(job, spec.study, settings.tracking_uri, spec.storage_url(os.environ),
+                                             provenance, spec.gpus_per_trial)
+        provenance = containers.provenance
     opened = _open_sweep(spec, settings, create=True, load=resume)
     _record_spec(spec, opened.parent)
     print(f"[sweep] study {spec.study!r}, parent run {opened.parent.ui_url or opened.parent.run_id}", file=out, flush=True)
-    commit, dirty = git_provenance(job.job_dir)
     sweep = _Sweep(spec, job, opened.study, opened.storage_url, settings.tracking_uri, opened.parent,
-                   Provenance(git_commit=commit, git_dirty=dirty), spec.trials, out)
+                   provenance, spec.trials, out, containers=containers)
     status = _run_workers(sweep, gpu_groups)
     _finish(sweep, status)
     return 0 if status == "FINISHED" else 130

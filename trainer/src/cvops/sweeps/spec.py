@@ -175,6 +175,9 @@ class SweepSpec(_Strict):
     trials: int = Field(ge=1, description="the study's trial budget, counting every process's trials")
     parallelism: int = Field(default=1, ge=1, description="trials running at once in one `cvops sweep`")
     gpus_per_trial: int = Field(default=0, ge=0)
+    trials_in: Literal["local", "docker"] = Field(
+        default="local", description="local: the job's command as a process here; docker: a container of its image"
+    )
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int | None = Field(default=None, ge=0, description="the sampler's seed")
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
