@@ -33,8 +33,17 @@ whether the caller may read something: admins may read everything.
   nothing about which ids exist.
 * **A request body nested too deeply is invalid JSON**: MLflow's 400, where the RecursionError of
   Python's parser escaped as Flask's HTML 500.
+* **Only the server's own origin and the configured ones act with a browser's credentials.**
+  MLflow's security middleware trusts every ``http://localhost:<any port>`` page: its CORS
+  answers let such a page read everything with the visitor's cached login (experiments, runs,
+  ``/get-artifact``), and its cross-origin check let that page's writes through (only the JSON
+  content type, and the 401 that basic-auth gives a preflight, stop a browser sending them). It
+  refused instead the UI's own writes from a team host name (``http://mlflow:5000``,
+  ``https://mlflow.team.example``), unless that was listed as another origin. A request whose ``Origin`` is neither the address it was sent to (its ``Host``)
+  nor one of ``MLFLOW_SERVER_CORS_ALLOWED_ORIGINS`` is refused with 403, on every route and method.
 """
 
+import fnmatch
 import functools
 import re
 import urllib.parse
@@ -181,6 +190,43 @@ class ArtifactStore:
             raise _denied(refusal)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_and_port(netloc: str, scheme: str) -> tuple[str, int | None]:
+    parsed = urllib.parse.urlsplit(f"//{netloc}")
+    return (parsed.hostname or "").lower(), parsed.port or _DEFAULT_PORTS.get(scheme)
+
+
+def origin_refused(origin: str | None, host: str, allowed_origins: list[str]) -> bool:
+    """Whether a request from ``origin`` (its Origin header) sent to ``host`` (its Host header)
+    must be refused: browsers send Origin on every cross-origin request and same-origin write,
+    so the UI's own writes carry the address the browser opened, and other clients send none."""
+    if not origin:
+        return False
+    scheme = urllib.parse.urlsplit(origin).scheme
+    if scheme in _DEFAULT_PORTS and _host_and_port(urllib.parse.urlsplit(origin).netloc, scheme) == \
+            _host_and_port(host, scheme):
+        return False
+    return not any(fnmatch.fnmatchcase(origin, allowed) if "*" in allowed else origin == allowed
+                   for allowed in allowed_origins)
+
+
+def _refuse_foreign_origin() -> None:
+    from mlflow.server.security import get_allowed_origins
+
+    if origin_refused(request.headers.get("Origin"), request.host, get_allowed_origins()):
+        raise _denied("Cross-origin request refused: this server answers browsers only on its own address "
+                      "and the origins in MLFLOW_SERVER_CORS_ALLOWED_ORIGINS")
+
+
+def _same_rule_for_mlflow_s_cross_origin_check(_origin, _method, allowed_origins) -> bool:
+    """MLflow's check of state-changing API calls (``should_block_cors_request``), which runs
+    before this module's hook, decided by the same rule, so the UI's own writes from a team host
+    name pass it."""
+    return origin_refused(request.headers.get("Origin"), request.host, allowed_origins)
+
+
 def refuse_hostile_request(store: ArtifactStore) -> None:
     """The before-request hook (wrapped by MLflow's catch_mlflow_exception, which turns the
     refusals into MLflow's JSON errors)."""
@@ -188,6 +234,7 @@ def refuse_hostile_request(store: ArtifactStore) -> None:
     from mlflow.protos.service_pb2 import CreateExperiment
     from mlflow.server.handlers import _get_model_registry_store, _get_request_message
 
+    _refuse_foreign_origin()
     if proxied := _PROXY_ROUTE.search(request.path):
         _refuse_non_canonical(proxied.group("path") or "", experiment_relative=True)
         _refuse_non_canonical(request.args.get("path", ""), experiment_relative=True)
@@ -226,8 +273,10 @@ def _refusing_deep_nesting(loads):
 
 def install(app, auth, destination: str) -> None:
     """Add the hook to ``app``, after basic-auth's (``auth``: MLflow's auth module, or None)."""
+    from mlflow.server import security
     from mlflow.server.handlers import catch_mlflow_exception
 
+    security.should_block_cors_request = _same_rule_for_mlflow_s_cross_origin_check
     app.json.loads = _refusing_deep_nesting(app.json.loads)
     store = ArtifactStore(destination, auth)
 

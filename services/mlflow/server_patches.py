@@ -465,6 +465,7 @@ PATCHES = (
                    "container), so anyone logged in can create runs in a teammate's name"),
     Patch("hostile_input", _install_hostile_input,
           touches=("mlflow.server:app", "mlflow.server.constants:ARTIFACTS_DESTINATION_ENV_VAR",
+                   "mlflow.server.security:should_block_cors_request", "mlflow.server.security:get_allowed_origins",
                    *(f"mlflow.server.handlers:{name}" for name in (
                        "catch_mlflow_exception", "_get_request_message", "_get_tracking_store",
                        "_get_model_registry_store")),
@@ -473,7 +474,9 @@ PATCHES = (
           at_stake="any user can register another user's run folder as a model version and read its files "
                    "with the server's S3 credentials, give an experiment any artifact location (another "
                    "user's folder, the server's file system), and send artifact paths spelled to escape the "
-                   "permission check (backslashes, './', '02/'); a deeply nested body is an HTML 500"),
+                   "permission check (backslashes, './', '02/'); a deeply nested body is an HTML 500; a page on any "
+                   "localhost port reads everything with a visitor's login, while the UI's own writes from a "
+                   "team host name are refused"),
     Patch("s3_artifact_repository", _install_s3_artifact_repository,
           touches=("mlflow.store.artifact.artifact_repository_registry:_artifact_repository_registry.register",
                    "mlflow.store.artifact.artifact_repo:StreamUploadMixin",
