@@ -33,6 +33,9 @@ whether the caller may read something: admins may read everything.
   nothing about which ids exist.
 * **A request body nested too deeply is invalid JSON**: MLflow's 400, where the RecursionError of
   Python's parser escaped as Flask's HTML 500.
+* **A JSON call's body is at most 16 MiB** (413, before basic-auth reads it to find the
+  experiment): MLflow read and parsed any size, a 50 MB runs/create took a worker thread 8 s and
+  the memory of the parsed body. The artifact routes, which stream, are not limited.
 * **Only the server's own origin and the configured ones act with a browser's credentials.**
   MLflow's security middleware trusts every ``http://localhost:<any port>`` page: its CORS
   answers let such a page read everything with the visitor's cached login (experiments, runs,
@@ -48,7 +51,7 @@ import functools
 import re
 import urllib.parse
 
-from flask import request
+from flask import jsonify, request
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 
@@ -64,6 +67,11 @@ _ARTIFACT_PATH_ENDPOINTS = ("serve_artifacts", "serve_model_version_artifact", "
 _CREATE_EXPERIMENT, _CREATE_MODEL_VERSION = "_create_experiment", "_create_model_version"
 _READ_MODEL_VERSION_ARTIFACT = "serve_model_version_artifact"
 ENDPOINTS = (*_ARTIFACT_PATH_ENDPOINTS, _CREATE_EXPERIMENT, _CREATE_MODEL_VERSION)
+
+# MLflow's clients split log-batch calls at 1 MB (MAX_BATCH_LOG_REQUEST_SIZE), a dataset's schema is
+# at most 1 MB and the UI's upload-artifact route 10 MB (MLflow's own limit): 16 MiB leaves room for traces and the like while a worker thread reading
+# and parsing a body stays well under a second and a few hundred MB.
+MAX_API_BODY_BYTES = 16 * 1024 * 1024
 
 # S3 keeps keys of up to 1024 bytes; a longer name than 255 bytes cannot be downloaded to the
 # file systems clients use.
@@ -227,6 +235,23 @@ def _same_rule_for_mlflow_s_cross_origin_check(_origin, _method, allowed_origins
     return origin_refused(request.headers.get("Origin"), request.host, allowed_origins)
 
 
+def refuse_oversized_body():
+    """A before-request hook ahead of every other, basic-auth's included (which parses the body to
+    find the experiment a call is about): a JSON call whose declared length is over the limit is
+    answered 413 before anything reads it; a chunked one is cut off at the limit as it is read
+    (Werkzeug's 413)."""
+    if _PROXY_ROUTE.search(request.path):
+        return None
+    request.max_content_length = MAX_API_BODY_BYTES
+    if (request.content_length or 0) <= MAX_API_BODY_BYTES:
+        return None
+    refusal = jsonify(error_code="REQUEST_LIMIT_EXCEEDED",
+                      message=f"Request body of {request.content_length} bytes is over this server's limit of "
+                              f"{MAX_API_BODY_BYTES} bytes for API calls; artifacts go through the artifact routes")
+    refusal.status_code = 413
+    return refusal
+
+
 def refuse_hostile_request(store: ArtifactStore) -> None:
     """The before-request hook (wrapped by MLflow's catch_mlflow_exception, which turns the
     refusals into MLflow's JSON errors)."""
@@ -285,3 +310,4 @@ def install(app, auth, destination: str) -> None:
         refuse_hostile_request(store)
 
     app.before_request(refuse_hostile_input)
+    app.before_request_funcs.setdefault(None, []).insert(0, refuse_oversized_body)

@@ -8,8 +8,12 @@ run against the server with its patches off.
 """
 
 import base64
+import contextlib
 import http.client
 import json
+import socket
+import threading
+import time
 import urllib.parse
 import uuid
 
@@ -563,6 +567,86 @@ def test_malformed_bodies_get_a_json_400(tracking_server, team, kind):
     assert response.json()["error_code"] in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")
     assert call(tracking_server, "GET", f"{API}/experiments/get", member1.auth,
                 params={"experiment_id": member1.experiment_id}).status_code == 200
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_bodies_of_the_wrong_content_type_are_refused(tracking_server, team, content_type):
+    member1, _ = team
+    name = f"typed-{uuid.uuid4().hex[:8]}"
+    response = call(tracking_server, "POST", f"{API}/experiments/create", member1.auth,
+                    data=json.dumps({"name": name}).encode(),
+                    headers={"Content-Type": content_type} if content_type else {})
+    assert_refused(response, 400, error_code="INVALID_PARAMETER_VALUE")
+    assert nothing_named(tracking_server, name)
+
+
+def send_head_and_some_body(server, auth, path, declared_bytes, sent_bytes):
+    """A POST declaring ``declared_bytes`` of JSON of which only ``sent_bytes`` are sent; the
+    server's answer (status, body, seconds taken)."""
+    credentials = base64.b64encode(":".join(auth).encode()).decode()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                           f"Authorization: Basic {credentials}\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {declared_bytes}\r\n\r\n".encode())
+        connection.sendall(b'{"experiment_id": "0", "tags": [{"key": "k", "value": "' + b"v" * sent_bytes)
+        answer = http.client.HTTPResponse(connection)
+        answer.begin()
+        return answer.status, answer.read(), time.monotonic() - started
+
+
+@pytest.mark.parametrize("route", ["/runs/create", "/runs/log-batch"])
+def test_a_gigantic_json_body_is_refused_before_it_is_read(tracking_server, team, route):
+    """Found here: MLflow read and parsed a body of any size (a 50 MB runs/create: 8 s of a worker
+    thread, then a 400 carrying the database driver's error). A 200 MB body is refused from its
+    declared length, with nothing of it read (only 1 MB is sent here, so a server that read it
+    would wait for the rest and time out)."""
+    member1, _ = team
+    runs_before = ok(call(tracking_server, "POST", f"{API}/runs/search", member1.auth,
+                          json={"experiment_ids": [member1.experiment_id]})).get("runs", [])
+    status, body, seconds = send_head_and_some_body(tracking_server, member1.auth, f"{API}{route}",
+                                                    declared_bytes=200 * 1024 * 1024, sent_bytes=1024 * 1024)
+    assert status == 413, f"{status} {body[:300]}"
+    assert json.loads(body)["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert seconds < 5
+    runs_after = ok(call(tracking_server, "POST", f"{API}/runs/search", member1.auth,
+                         json={"experiment_ids": [member1.experiment_id]})).get("runs", [])
+    assert len(runs_after) == len(runs_before)
+
+
+def test_the_server_answers_others_while_slow_clients_hold_connections(tracking_server, team):
+    """Slow-loris: twice as many clients as the server has worker threads (workers x threads) each
+    send a request line and then one header line a second, never finishing. Found here: every
+    worker thread waited on them without limit and the server stopped answering (a normal call
+    timed out). gunicorn's request_header_deadline patch cuts each off GUNICORN_HEADER_TIMEOUT
+    (5 s) after it connected, so a normal call waits for at most one round of them."""
+    member1, _ = team
+    slow_clients = 2 * 2 * 8  # 2 x the harness server's GUNICORN_WORKERS x GUNICORN_THREADS (the defaults)
+    connections = [socket.create_connection(("127.0.0.1", tracking_server.port), timeout=5) for _ in range(slow_clients)]
+    stop = threading.Event()
+
+    def send_a_header_line_a_second():
+        while not stop.wait(1):
+            for connection in connections:
+                with contextlib.suppress(OSError):
+                    connection.sendall(b"X-Slow: 1\r\n")
+
+    try:
+        for connection in connections:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        dripping = threading.Thread(target=send_a_header_line_a_second, daemon=True)
+        dripping.start()
+        time.sleep(1)
+        started = time.monotonic()
+        answered = requests.get(f"{tracking_server.url}{API}/experiments/get", auth=member1.auth,
+                                params={"experiment_id": member1.experiment_id}, timeout=30)
+        seconds = time.monotonic() - started
+    finally:
+        stop.set()
+        for connection in connections:
+            connection.close()
+    assert answered.status_code == 200
+    assert seconds < 5 + 3, f"answered after {seconds:.1f} s"
 
 
 def test_an_oversized_param_is_truncated_as_mlflow_does(tracking_server, team):
