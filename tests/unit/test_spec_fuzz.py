@@ -5,10 +5,8 @@ sizes, a command to run), or is refused with JobSpecError / SweepSpecError namin
 was given in; never another exception type (a traceback) and never a bad value accepted silently.
 """
 import math
-from pathlib import Path
 
-import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from cvops.jobs.spec import JobSpec, JobSpecError, parse_job_spec
 from cvops.sweeps.spec import CategoricalParam, SweepSpecError, parse_sweep_spec
@@ -81,8 +79,15 @@ def assert_usable(spec: JobSpec) -> None:
         assert mount.target.startswith("/") and "\x00" not in mount.target
 
 
+# Found by this fuzzing, each accepted or a traceback before its fix; kept as fixed examples.
 @FUZZ
 @given(field=st.sampled_from(sorted(JOB_FIELDS)), value=yaml_values)
+@example(field="resources.cpus", value=float("inf"))
+@example(field="env.EPOCHS", value="\x00")
+@example(field="tags.team", value="a\x00b")
+@example(field="datasets[0].source", value="a\x00b")
+@example(field="datasets[0].source", value="~no-such-user-cvops/x")
+@example(field="code", value="~no-such-user-cvops/x")
 def test_any_job_field_value_is_usable_or_refused_by_name(tmp_path_factory, field, value):
     source_file = tmp_path_factory.getbasetemp() / "job.yaml"  # paths resolve against its folder
     try:
@@ -125,6 +130,10 @@ SWEEP_FIELDS = {
 
 @FUZZ
 @given(field=st.sampled_from(sorted(SWEEP_FIELDS)), value=yaml_values)
+@example(field="objective.direction", value=[])
+@example(field="search_space.batch.low", value=10**400)
+@example(field="search_space.lr.high", value=float("inf"))
+@example(field="search_space.lr.low", value=float("nan"))
 def test_any_sweep_field_value_is_usable_or_refused_by_name(field, value):
     try:
         spec = parse_sweep_spec(with_value(VALID_SWEEP, SWEEP_FIELDS[field], value))
@@ -137,12 +146,3 @@ def test_any_sweep_field_value_is_usable_or_refused_by_name(field, value):
             assert param.step is None or math.isfinite(param.step), name
         param.distribution()  # what Optuna is given when the sweep runs: it must take it
     assert spec.trials >= 1 and spec.parallelism >= 1
-
-
-@pytest.mark.parametrize("path", [Path("data\x00/x"), Path("~no-such-user-cvops/x")])
-def test_dataset_sources_that_cannot_be_resolved_are_refused_by_name(tmp_path, path):
-    data = with_value(VALID_JOB, ("datasets", 0, "source"), str(path))
-    try:
-        parse_job_spec(data, source_file=tmp_path / "job.yaml")
-    except JobSpecError as error:
-        assert_refused_naming(error, "datasets[0].source")
