@@ -33,6 +33,9 @@ whether the caller may read something: admins may read everything.
   nothing about which ids exist.
 * **A request body nested too deeply is invalid JSON**: MLflow's 400, where the RecursionError of
   Python's parser escaped as Flask's HTML 500.
+* **A new run's tags are within MLflow's limits** (a 250-character key, an 8000-character value,
+  as set-tag checks them): runs/create checked neither, and an oversized value came back as a 400
+  quoting the database's error and the ``INSERT INTO tags`` statement.
 * **A JSON call's body is at most 16 MiB** (413, before basic-auth reads it to find the
   experiment): MLflow read and parsed any size, a 50 MB runs/create took a worker thread 8 s and
   the memory of the parsed body. The artifact routes, which stream, are not limited.
@@ -64,9 +67,9 @@ _PROXY_ROUTE = re.compile(
 # relative to a run, a model version or a logged model.
 _ARTIFACT_PATH_ENDPOINTS = ("serve_artifacts", "serve_model_version_artifact", "serve_get_logged_model_artifact",
                             "_list_artifacts", "_list_logged_model_artifacts")
-_CREATE_EXPERIMENT, _CREATE_MODEL_VERSION = "_create_experiment", "_create_model_version"
+_CREATE_EXPERIMENT, _CREATE_MODEL_VERSION, _CREATE_RUN = "_create_experiment", "_create_model_version", "_create_run"
 _READ_MODEL_VERSION_ARTIFACT = "serve_model_version_artifact"
-ENDPOINTS = (*_ARTIFACT_PATH_ENDPOINTS, _CREATE_EXPERIMENT, _CREATE_MODEL_VERSION)
+ENDPOINTS = (*_ARTIFACT_PATH_ENDPOINTS, _CREATE_EXPERIMENT, _CREATE_MODEL_VERSION, _CREATE_RUN)
 
 # MLflow's clients split log-batch calls at 1 MB (MAX_BATCH_LOG_REQUEST_SIZE), a dataset's schema is
 # at most 1 MB and the UI's upload-artifact route 10 MB (MLflow's own limit): 16 MiB leaves room for traces and the like while a worker thread reading
@@ -220,6 +223,16 @@ def origin_refused(origin: str | None, host: str, allowed_origins: list[str]) ->
                    for allowed in allowed_origins)
 
 
+def _refuse_oversized_tags(tags) -> None:
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_TAG_VAL_LENGTH
+
+    for tag in tags:
+        if len(tag.key) > MAX_ENTITY_KEY_LENGTH or len(tag.value) > MAX_TAG_VAL_LENGTH:
+            raise MlflowException.invalid_parameter_value(
+                f"Tag '{tag.key[:MAX_ENTITY_KEY_LENGTH]}' is over MLflow's limits: keys of at most "
+                f"{MAX_ENTITY_KEY_LENGTH} characters, values of at most {MAX_TAG_VAL_LENGTH}")
+
+
 def _refuse_foreign_origin() -> None:
     from mlflow.server.security import get_allowed_origins
 
@@ -256,7 +269,7 @@ def refuse_hostile_request(store: ArtifactStore) -> None:
     """The before-request hook (wrapped by MLflow's catch_mlflow_exception, which turns the
     refusals into MLflow's JSON errors)."""
     from mlflow.protos.model_registry_pb2 import CreateModelVersion
-    from mlflow.protos.service_pb2 import CreateExperiment
+    from mlflow.protos.service_pb2 import CreateExperiment, CreateRun
     from mlflow.server.handlers import _get_model_registry_store, _get_request_message
 
     _refuse_foreign_origin()
@@ -275,6 +288,8 @@ def refuse_hostile_request(store: ArtifactStore) -> None:
         source = _get_request_message(CreateModelVersion()).source
         store.check_version_source(source, f"Model version source '{source}' is in this server's artifact store "
                                            "but not in the artifacts of a run or logged model you may read")
+    elif endpoint == _CREATE_RUN:
+        _refuse_oversized_tags(_get_request_message(CreateRun()).tags)
     elif endpoint == _READ_MODEL_VERSION_ARTIFACT:
         files = _get_model_registry_store().get_model_version_download_uri(
             request.args.get("name"), request.args.get("version"))

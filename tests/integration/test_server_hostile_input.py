@@ -649,6 +649,23 @@ def test_the_server_answers_others_while_slow_clients_hold_connections(tracking_
     assert seconds < 5 + 3, f"answered after {seconds:.1f} s"
 
 
+@pytest.mark.parametrize("tag", [{"key": "note", "value": "v" * 100_000}, {"key": "k" * 300, "value": "v"}],
+                         ids=["long-value", "long-key"])
+def test_a_new_run_s_oversized_tag_is_refused_without_database_details(tracking_server, team, tag):
+    """Found here: runs/create checked no tag length (set-tag does), and a 100 kB value came back as
+    a 400 quoting the database driver's error and the INSERT statement."""
+    member1, _ = team
+    runs_before = ok(call(tracking_server, "POST", f"{API}/runs/search", member1.auth,
+                          json={"experiment_ids": [member1.experiment_id]})).get("runs", [])
+    response = call(tracking_server, "POST", f"{API}/runs/create", member1.auth,
+                    json={"experiment_id": member1.experiment_id, "tags": [tag]})
+    assert_refused(response, 400, error_code="INVALID_PARAMETER_VALUE")
+    assert "SQL" not in response.text and "psycopg2" not in response.text
+    runs_after = ok(call(tracking_server, "POST", f"{API}/runs/search", member1.auth,
+                         json={"experiment_ids": [member1.experiment_id]})).get("runs", [])
+    assert len(runs_after) == len(runs_before)
+
+
 def test_an_oversized_param_is_truncated_as_mlflow_does(tracking_server, team):
     """MLflow keeps the first 6000 characters of a param value (its documented limit): a 1 MB
     value is not stored whole."""
