@@ -23,6 +23,7 @@ PATCH_TESTS = {
     "readiness_probe": [("test_server_readiness", ())],
     "ui_defaults": [("test_server_ui_defaults", ())],
     "request_body_reads": [("test_server_artifacts", ("proxied_upload", "round_trips"))],
+    "request_header_deadline": [("test_server_hostile_input", ("slow_clients",))],
 }
 
 

@@ -33,13 +33,28 @@ whether the caller may read something: admins may read everything.
   nothing about which ids exist.
 * **A request body nested too deeply is invalid JSON**: MLflow's 400, where the RecursionError of
   Python's parser escaped as Flask's HTML 500.
+* **A new run's tags are within MLflow's limits** (a 250-character key, an 8000-character value,
+  as set-tag checks them): runs/create checked neither, and an oversized value came back as a 400
+  quoting the database's error and the ``INSERT INTO tags`` statement.
+* **A JSON call's body is at most 16 MiB** (413, before basic-auth reads it to find the
+  experiment): MLflow read and parsed any size, a 50 MB runs/create took a worker thread 8 s and
+  the memory of the parsed body. The artifact routes, which stream, are not limited.
+* **Only the server's own origin and the configured ones act with a browser's credentials.**
+  MLflow's security middleware trusts every ``http://localhost:<any port>`` page: its CORS
+  answers let such a page read everything with the visitor's cached login (experiments, runs,
+  ``/get-artifact``), and its cross-origin check let that page's writes through (only the JSON
+  content type, and the 401 that basic-auth gives a preflight, stop a browser sending them). It
+  refused instead the UI's own writes from a team host name (``http://mlflow:5000``,
+  ``https://mlflow.team.example``), unless that was listed as another origin. A request whose ``Origin`` is neither the address it was sent to (its ``Host``)
+  nor one of ``MLFLOW_SERVER_CORS_ALLOWED_ORIGINS`` is refused with 403, on every route and method.
 """
 
+import fnmatch
 import functools
 import re
 import urllib.parse
 
-from flask import request
+from flask import jsonify, request
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 
@@ -52,9 +67,14 @@ _PROXY_ROUTE = re.compile(
 # relative to a run, a model version or a logged model.
 _ARTIFACT_PATH_ENDPOINTS = ("serve_artifacts", "serve_model_version_artifact", "serve_get_logged_model_artifact",
                             "_list_artifacts", "_list_logged_model_artifacts")
-_CREATE_EXPERIMENT, _CREATE_MODEL_VERSION = "_create_experiment", "_create_model_version"
+_CREATE_EXPERIMENT, _CREATE_MODEL_VERSION, _CREATE_RUN = "_create_experiment", "_create_model_version", "_create_run"
 _READ_MODEL_VERSION_ARTIFACT = "serve_model_version_artifact"
-ENDPOINTS = (*_ARTIFACT_PATH_ENDPOINTS, _CREATE_EXPERIMENT, _CREATE_MODEL_VERSION)
+ENDPOINTS = (*_ARTIFACT_PATH_ENDPOINTS, _CREATE_EXPERIMENT, _CREATE_MODEL_VERSION, _CREATE_RUN)
+
+# MLflow's clients split log-batch calls at 1 MB (MAX_BATCH_LOG_REQUEST_SIZE), a dataset's schema is
+# at most 1 MB and the UI's upload-artifact route 10 MB (MLflow's own limit): 16 MiB leaves room for traces and the like while a worker thread reading
+# and parsing a body stays well under a second and a few hundred MB.
+MAX_API_BODY_BYTES = 16 * 1024 * 1024
 
 # S3 keeps keys of up to 1024 bytes; a longer name than 255 bytes cannot be downloaded to the
 # file systems clients use.
@@ -181,13 +201,78 @@ class ArtifactStore:
             raise _denied(refusal)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_and_port(netloc: str, scheme: str) -> tuple[str, int | None]:
+    parsed = urllib.parse.urlsplit(f"//{netloc}")
+    return (parsed.hostname or "").lower(), parsed.port or _DEFAULT_PORTS.get(scheme)
+
+
+def origin_refused(origin: str | None, host: str, allowed_origins: list[str]) -> bool:
+    """Whether a request from ``origin`` (its Origin header) sent to ``host`` (its Host header)
+    must be refused: browsers send Origin on every cross-origin request and same-origin write,
+    so the UI's own writes carry the address the browser opened, and other clients send none."""
+    if not origin:
+        return False
+    scheme = urllib.parse.urlsplit(origin).scheme
+    if scheme in _DEFAULT_PORTS and _host_and_port(urllib.parse.urlsplit(origin).netloc, scheme) == \
+            _host_and_port(host, scheme):
+        return False
+    return not any(fnmatch.fnmatchcase(origin, allowed) if "*" in allowed else origin == allowed
+                   for allowed in allowed_origins)
+
+
+def _refuse_oversized_tags(tags) -> None:
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_TAG_VAL_LENGTH
+
+    for tag in tags:
+        if len(tag.key) > MAX_ENTITY_KEY_LENGTH or len(tag.value) > MAX_TAG_VAL_LENGTH:
+            raise MlflowException.invalid_parameter_value(
+                f"Tag '{tag.key[:MAX_ENTITY_KEY_LENGTH]}' is over MLflow's limits: keys of at most "
+                f"{MAX_ENTITY_KEY_LENGTH} characters, values of at most {MAX_TAG_VAL_LENGTH}")
+
+
+def _refuse_foreign_origin() -> None:
+    from mlflow.server.security import get_allowed_origins
+
+    if origin_refused(request.headers.get("Origin"), request.host, get_allowed_origins()):
+        raise _denied("Cross-origin request refused: this server answers browsers only on its own address "
+                      "and the origins in MLFLOW_SERVER_CORS_ALLOWED_ORIGINS")
+
+
+def _same_rule_for_mlflow_s_cross_origin_check(_origin, _method, allowed_origins) -> bool:
+    """MLflow's check of state-changing API calls (``should_block_cors_request``), which runs
+    before this module's hook, decided by the same rule, so the UI's own writes from a team host
+    name pass it."""
+    return origin_refused(request.headers.get("Origin"), request.host, allowed_origins)
+
+
+def refuse_oversized_body():
+    """A before-request hook ahead of every other, basic-auth's included (which parses the body to
+    find the experiment a call is about): a JSON call whose declared length is over the limit is
+    answered 413 before anything reads it; a chunked one is cut off at the limit as it is read
+    (Werkzeug's 413)."""
+    if _PROXY_ROUTE.search(request.path):
+        return None
+    request.max_content_length = MAX_API_BODY_BYTES
+    if (request.content_length or 0) <= MAX_API_BODY_BYTES:
+        return None
+    refusal = jsonify(error_code="REQUEST_LIMIT_EXCEEDED",
+                      message=f"Request body of {request.content_length} bytes is over this server's limit of "
+                              f"{MAX_API_BODY_BYTES} bytes for API calls; artifacts go through the artifact routes")
+    refusal.status_code = 413
+    return refusal
+
+
 def refuse_hostile_request(store: ArtifactStore) -> None:
     """The before-request hook (wrapped by MLflow's catch_mlflow_exception, which turns the
     refusals into MLflow's JSON errors)."""
     from mlflow.protos.model_registry_pb2 import CreateModelVersion
-    from mlflow.protos.service_pb2 import CreateExperiment
+    from mlflow.protos.service_pb2 import CreateExperiment, CreateRun
     from mlflow.server.handlers import _get_model_registry_store, _get_request_message
 
+    _refuse_foreign_origin()
     if proxied := _PROXY_ROUTE.search(request.path):
         _refuse_non_canonical(proxied.group("path") or "", experiment_relative=True)
         _refuse_non_canonical(request.args.get("path", ""), experiment_relative=True)
@@ -203,6 +288,8 @@ def refuse_hostile_request(store: ArtifactStore) -> None:
         source = _get_request_message(CreateModelVersion()).source
         store.check_version_source(source, f"Model version source '{source}' is in this server's artifact store "
                                            "but not in the artifacts of a run or logged model you may read")
+    elif endpoint == _CREATE_RUN:
+        _refuse_oversized_tags(_get_request_message(CreateRun()).tags)
     elif endpoint == _READ_MODEL_VERSION_ARTIFACT:
         files = _get_model_registry_store().get_model_version_download_uri(
             request.args.get("name"), request.args.get("version"))
@@ -226,8 +313,10 @@ def _refusing_deep_nesting(loads):
 
 def install(app, auth, destination: str) -> None:
     """Add the hook to ``app``, after basic-auth's (``auth``: MLflow's auth module, or None)."""
+    from mlflow.server import security
     from mlflow.server.handlers import catch_mlflow_exception
 
+    security.should_block_cors_request = _same_rule_for_mlflow_s_cross_origin_check
     app.json.loads = _refusing_deep_nesting(app.json.loads)
     store = ArtifactStore(destination, auth)
 
@@ -236,3 +325,4 @@ def install(app, auth, destination: str) -> None:
         refuse_hostile_request(store)
 
     app.before_request(refuse_hostile_input)
+    app.before_request_funcs.setdefault(None, []).insert(0, refuse_oversized_body)

@@ -77,6 +77,7 @@ import importlib
 import logging
 import os
 import select
+import time
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -446,6 +447,67 @@ def _install_request_body_reads(_auth):
         reader.read = _at_least(REQUEST_BODY_READ_BYTES, reader.read)
 
 
+# --------------------------------------------------------------------------- request_header_deadline
+
+# gunicorn 26's gthread worker reads a request's line and headers in a worker thread with no time
+# limit: a client that sends a header line now and then (slow-loris) holds that thread as long as it
+# likes, and workers x threads such clients (16 by default) stopped the server answering anyone. The
+# headers must now be complete within this many seconds, counted for a new connection from its
+# accept (so those queued behind slow ones are cut as soon as a thread reaches them) and for a
+# kept-alive one from the thread taking it up; else the connection is closed.
+REQUEST_HEADER_TIMEOUT_S = float(os.environ.get("GUNICORN_HEADER_TIMEOUT") or 5)
+
+
+def _install_request_header_deadline(_auth):
+    from gunicorn.http import errors, parser, unreader
+    from gunicorn.workers import gthread
+
+    accept, start_parsing = gthread.TConn.__init__, gthread.TConn.init
+    receive, parse_next_request = unreader.SocketUnreader.chunk, parser.Parser.__next__
+
+    @functools.wraps(accept)
+    def accept_with_deadline(self, *args, **kwargs):
+        accept(self, *args, **kwargs)
+        self.first_headers_deadline = time.monotonic() + REQUEST_HEADER_TIMEOUT_S
+
+    @functools.wraps(start_parsing)
+    def start_parsing_by_deadline(self):
+        new_parser = self.parser is None
+        start_parsing(self)
+        if new_parser and self.parser is not None:
+            self.parser.unreader.first_headers_deadline = self.first_headers_deadline
+
+    @functools.wraps(receive)
+    def receive_before_deadline(self):
+        deadline = getattr(self, "headers_deadline", None)
+        if deadline is None:  # a body: its reads are the application's
+            return receive(self)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise errors.NoMoreData()  # what gunicorn raises for a client gone mid-request: closed quietly
+        self.sock.settimeout(remaining)
+        try:
+            return receive(self)
+        except TimeoutError:
+            raise errors.NoMoreData() from None
+        finally:
+            self.sock.settimeout(None)  # blocking again, as the worker thread expects
+
+    @functools.wraps(parse_next_request)
+    def parse_next_request_by_deadline(self):
+        first = getattr(self.unreader, "first_headers_deadline", None)
+        self.unreader.first_headers_deadline = None
+        self.unreader.headers_deadline = first or time.monotonic() + REQUEST_HEADER_TIMEOUT_S
+        try:
+            return parse_next_request(self)
+        finally:
+            self.unreader.headers_deadline = None
+
+    gthread.TConn.__init__, gthread.TConn.init = accept_with_deadline, start_parsing_by_deadline
+    unreader.SocketUnreader.chunk = receive_before_deadline
+    parser.Parser.__next__ = parse_next_request_by_deadline
+
+
 # --------------------------------------------------------------------------- the registry
 
 _SQL_STORE = "mlflow.store.tracking.sqlalchemy_store:"
@@ -465,6 +527,7 @@ PATCHES = (
                    "container), so anyone logged in can create runs in a teammate's name"),
     Patch("hostile_input", _install_hostile_input,
           touches=("mlflow.server:app", "mlflow.server.constants:ARTIFACTS_DESTINATION_ENV_VAR",
+                   "mlflow.server.security:should_block_cors_request", "mlflow.server.security:get_allowed_origins",
                    *(f"mlflow.server.handlers:{name}" for name in (
                        "catch_mlflow_exception", "_get_request_message", "_get_tracking_store",
                        "_get_model_registry_store")),
@@ -473,7 +536,9 @@ PATCHES = (
           at_stake="any user can register another user's run folder as a model version and read its files "
                    "with the server's S3 credentials, give an experiment any artifact location (another "
                    "user's folder, the server's file system), and send artifact paths spelled to escape the "
-                   "permission check (backslashes, './', '02/'); a deeply nested body is an HTML 500"),
+                   "permission check (backslashes, './', '02/'); a deeply nested body is an HTML 500; a page on any "
+                   "localhost port reads everything with a visitor's login, while the UI's own writes from a "
+                   "team host name are refused"),
     Patch("s3_artifact_repository", _install_s3_artifact_repository,
           touches=("mlflow.store.artifact.artifact_repository_registry:_artifact_repository_registry.register",
                    "mlflow.store.artifact.artifact_repo:StreamUploadMixin",
@@ -512,5 +577,9 @@ PATCHES = (
           touches=("mlflow.server:app", "mlflow.telemetry.utils:is_telemetry_disabled")),
     Patch("request_body_reads", _install_request_body_reads, verified={"gunicorn": ("26.2.0",)}, stage="gunicorn",
           touches=("gunicorn.http.body:LengthReader.read", "gunicorn.http.body:ChunkedReader.read")),
+    Patch("request_header_deadline", _install_request_header_deadline, verified={"gunicorn": ("26.2.0",)},
+          stage="gunicorn", touches=("gunicorn.workers.gthread:TConn.__init__", "gunicorn.workers.gthread:TConn.init",
+                                     "gunicorn.http.unreader:SocketUnreader.chunk",
+                                     "gunicorn.http.parser:Parser.__next__", "gunicorn.http.errors:NoMoreData")),
 )
 PATCHES_BY_NAME = {patch.name: patch for patch in PATCHES}

@@ -8,8 +8,12 @@ run against the server with its patches off.
 """
 
 import base64
+import contextlib
 import http.client
 import json
+import socket
+import threading
+import time
 import urllib.parse
 import uuid
 
@@ -246,6 +250,10 @@ NON_CANONICAL = {
     "absolute": "%2Fetc%2Fpasswd",
     "nul": "{own}/notes.txt%00.png",
     "overlong": "{own}/" + "n" * 1100,
+    # member2's file named with backslashes only: MLflow's auth finds no experiment id before a
+    # '/', so judges it against the default READ, and SeaweedFS stores '\\' as '/' (below).
+    "backslash-separators": "{other_backslashed}\\notes.txt",
+    "backslash-separators-encoded": "{other_backslashed_encoded}%5Cnotes.txt",
 }
 # Traversal into member2's run, refused by MLflow too: patches on and off. The forms of MLflow's
 # past path-traversal CVEs, tried through the proxy: `..` segments, encoded once and twice
@@ -261,7 +269,9 @@ TRAVERSAL = {
 
 
 def fill(path, member1, member2):
-    return path.format(own=member1.artifact_root, other=member2.artifact_root)
+    return path.format(own=member1.artifact_root, other=member2.artifact_root,
+                       other_backslashed=member2.artifact_root.replace("/", "\\"),
+                       other_backslashed_encoded=member2.artifact_root.replace("/", "%5C"))
 
 
 @pytest.mark.parametrize("caller", ["member1", "admin"])
@@ -304,6 +314,31 @@ def test_a_canonical_path_still_works(tracking_server, team, s3):
     listed = ok(call(tracking_server, "GET", f"{PROXY}?path={urllib.parse.quote(member1.artifact_root + '/nested')}",
                      member1.auth))
     assert [entry["path"] for entry in listed["files"]] == ["ok.txt"]
+
+
+def test_seaweedfs_stores_other_spellings_of_a_key_as_the_same_object(s3):
+    """Why artifact paths must be canonical before they are authorised, on a real S3 server: the
+    harness's SeaweedFS (the compose stack's store) stores ``a\\b`` and ``a//b`` as the object
+    ``a/b``, drops a leading '/', refuses '.' and '..' segments (400 InvalidRequest, in either
+    separator) and keeps a leading zero as written. So a backslash-spelled path names another
+    folder to the store than to MLflow's permission check (``backslash-separators`` above)."""
+    from botocore.exceptions import ClientError
+
+    client, prefix = s3.client(), f"spellings-{uuid.uuid4().hex[:8]}"
+
+    def put_then_read(written: str, read: str) -> bytes:
+        client.put_object(Bucket=s3.bucket, Key=f"{prefix}/{written}", Body=written.encode())
+        return client.get_object(Bucket=s3.bucket, Key=f"{prefix}/{read}")["Body"].read()
+
+    assert put_then_read("a\\b", "a/b") == b"a\\b"
+    assert put_then_read("c//d", "c/d") == b"c//d"
+    assert client.get_object(Bucket=s3.bucket, Key=f"/{prefix}/c/d")["Body"].read() == b"c//d"
+    for dotted in ("./e", "f/../g", "h\\..\\i"):
+        with pytest.raises(ClientError, match="InvalidRequest"):
+            client.put_object(Bucket=s3.bucket, Key=f"{prefix}/{dotted}", Body=b"x")
+    put_then_read("02/j", "02/j")
+    with pytest.raises(ClientError, match="NoSuchKey"):
+        client.get_object(Bucket=s3.bucket, Key=f"{prefix}/2/j")
 
 
 # --------------------------------------------------------------------------- what S3 errors reveal
@@ -385,6 +420,86 @@ def test_user_management_refuses_members(tracking_server, team, route):
     assert response.status_code == 403, f"{response.status_code} {response.text[:300]}"
 
 
+# --------------------------------------------------------------------------- cross-site requests
+
+# What a browser sends when a page of another origin submits a form or calls fetch() with the
+# visitor's cached basic-auth login: the page's origin ("null" from a sandboxed frame or a
+# no-referrer page), and, for a form, a form-encoded body.
+FOREIGN_ORIGINS = {"another-site": "https://evil.example", "opaque": "null",
+                   "another-localhost-port": "http://localhost:{other_port}"}
+# The state-changing routes of user management and a tracking write, each as a form would post it.
+FORM_POSTS = {
+    "signup-form": ("/api/2.0/mlflow/users/create-ui", {"username": "{user}", "password": "long-enough-password"}),
+    "users-create": ("/api/2.0/mlflow/users/create", {"username": "{user}", "password": "long-enough-password"}),
+    "grant-permission": ("/api/3.0/mlflow/users/permissions/grant",
+                         {"username": "{user}", "resource_type": "experiment", "resource_id": "0", "permission": "MANAGE"}),
+    "experiments-create": ("/api/2.0/mlflow/experiments/create", {"name": "{user}"}),
+}
+
+
+def foreign_origin(server, which):
+    return FOREIGN_ORIGINS[which].format(other_port=server.port + 1)
+
+
+def nothing_named(server, name) -> bool:
+    user = call(server, "GET", "/api/2.0/mlflow/users/get", server.admin_auth, params={"username": name})
+    experiment = call(server, "GET", f"{API}/experiments/get-by-name", server.admin_auth,
+                      params={"experiment_name": name})
+    return user.status_code == 404 and experiment.status_code == 404
+
+
+@pytest.mark.parametrize("origin", list(FOREIGN_ORIGINS))
+@pytest.mark.parametrize("route", list(FORM_POSTS))
+def test_cross_site_form_posts_change_nothing(tracking_server, route, origin):
+    """A page of another site posts a form to user management with the admin's login, as the
+    admin's browser would send it. MLflow refuses most of these on its own (its cross-origin check,
+    the JSON content type, the sign-up form's CSRF token); none may create a user, a permission or
+    an experiment."""
+    path, form = FORM_POSTS[route]
+    name = f"csrf-{uuid.uuid4().hex[:8]}"
+    response = call(tracking_server, "POST", path, tracking_server.admin_auth,
+                    data={field: value.format(user=name) for field, value in form.items()},
+                    headers={"Origin": foreign_origin(tracking_server, origin),
+                             "Referer": f"{foreign_origin(tracking_server, origin)}/page"})
+    assert_refused(response, 400, 403)
+    assert nothing_named(tracking_server, name)
+
+
+@pytest.mark.parametrize("route", ["users-create", "experiments-search", "run-artifact"])
+def test_a_page_on_another_localhost_port_gets_nothing_with_the_visitor_s_login(tracking_server, team, route):
+    """Found here: MLflow trusts every http://localhost:<port> origin with credentials, so any page a
+    developer opens from a local dev server could read the team's experiments and files with the
+    login their browser holds (MLflow's CORS answer named the page's origin and allowed
+    credentials: 200), and call user management (users/create: 200, the user created). Refused now."""
+    member1, _ = team
+    name, page = f"csrf-{uuid.uuid4().hex[:8]}", b"member1's page"
+    ok(call(tracking_server, "PUT", f"{PROXY}/{member1.artifact_root}/page.txt", member1.auth, data=page))
+    attempts = {
+        "users-create": ("POST", "/api/2.0/mlflow/users/create", tracking_server.admin_auth,
+                         {"json": {"username": name, "password": "long-enough-password"}}),
+        "experiments-search": ("GET", f"{API}/experiments/search", member1.auth, {"params": {"max_results": 5}}),
+        "run-artifact": ("GET", "/get-artifact", member1.auth,
+                         {"params": {"run_id": member1.run_id, "path": "page.txt"}}),
+    }
+    method, path, auth, kwargs = attempts[route]
+    response = call(tracking_server, method, path, auth,
+                    headers={"Origin": foreign_origin(tracking_server, "another-localhost-port")}, **kwargs)
+    assert_refused(response, 403)
+    assert member1.experiment_id not in response.text and page not in response.content
+    assert nothing_named(tracking_server, name)
+
+
+@pytest.mark.parametrize("origin", ["the-address-used", "compose-service-name"])
+def test_the_ui_s_own_writes_pass_the_origin_check(tracking_server, origin):
+    """The UI's writes carry the origin the browser opened. Found here: MLflow refused them (403
+    "Cross-origin request blocked") from any address but localhost, e.g. the compose service name
+    or a team host name, unless that was also listed in MLFLOW_CORS_ALLOWED_ORIGINS."""
+    host = {"the-address-used": f"127.0.0.1:{tracking_server.port}", "compose-service-name": "mlflow:5000"}[origin]
+    name = f"ui-write-{uuid.uuid4().hex[:8]}"
+    ok(call(tracking_server, "POST", f"{API}/experiments/create", tracking_server.admin_auth,
+            json={"name": name}, headers={"Origin": f"http://{host}", "Host": host}))
+
+
 def test_the_public_server_info_names_nothing_private(tracking_server, s3, postgres):
     """MLflow serves /server-info without a login, by design (clients read its capabilities
     first): it must carry no name of the store, the database or an account."""
@@ -452,6 +567,103 @@ def test_malformed_bodies_get_a_json_400(tracking_server, team, kind):
     assert response.json()["error_code"] in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")
     assert call(tracking_server, "GET", f"{API}/experiments/get", member1.auth,
                 params={"experiment_id": member1.experiment_id}).status_code == 200
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_bodies_of_the_wrong_content_type_are_refused(tracking_server, team, content_type):
+    member1, _ = team
+    name = f"typed-{uuid.uuid4().hex[:8]}"
+    response = call(tracking_server, "POST", f"{API}/experiments/create", member1.auth,
+                    data=json.dumps({"name": name}).encode(),
+                    headers={"Content-Type": content_type} if content_type else {})
+    assert_refused(response, 400, error_code="INVALID_PARAMETER_VALUE")
+    assert nothing_named(tracking_server, name)
+
+
+def send_head_and_some_body(server, auth, path, declared_bytes, sent_bytes):
+    """A POST declaring ``declared_bytes`` of JSON of which only ``sent_bytes`` are sent; the
+    server's answer (status, body, seconds taken)."""
+    credentials = base64.b64encode(":".join(auth).encode()).decode()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                           f"Authorization: Basic {credentials}\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {declared_bytes}\r\n\r\n".encode())
+        connection.sendall(b'{"experiment_id": "0", "tags": [{"key": "k", "value": "' + b"v" * sent_bytes)
+        answer = http.client.HTTPResponse(connection)
+        answer.begin()
+        return answer.status, answer.read(), time.monotonic() - started
+
+
+@pytest.mark.parametrize("route", ["/runs/create", "/runs/log-batch"])
+def test_a_gigantic_json_body_is_refused_before_it_is_read(tracking_server, team, route):
+    """Found here: MLflow read and parsed a body of any size (a 50 MB runs/create: 8 s of a worker
+    thread, then a 400 carrying the database driver's error). A 200 MB body is refused from its
+    declared length, with nothing of it read (only 1 MB is sent here, so a server that read it
+    would wait for the rest and time out)."""
+    member1, _ = team
+    runs_before = ok(call(tracking_server, "POST", f"{API}/runs/search", member1.auth,
+                          json={"experiment_ids": [member1.experiment_id]})).get("runs", [])
+    status, body, seconds = send_head_and_some_body(tracking_server, member1.auth, f"{API}{route}",
+                                                    declared_bytes=200 * 1024 * 1024, sent_bytes=1024 * 1024)
+    assert status == 413, f"{status} {body[:300]}"
+    assert json.loads(body)["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert seconds < 5
+    runs_after = ok(call(tracking_server, "POST", f"{API}/runs/search", member1.auth,
+                         json={"experiment_ids": [member1.experiment_id]})).get("runs", [])
+    assert len(runs_after) == len(runs_before)
+
+
+def test_the_server_answers_others_while_slow_clients_hold_connections(tracking_server, team):
+    """Slow-loris: twice as many clients as the server has worker threads (workers x threads) each
+    send a request line and then one header line a second, never finishing. Found here: every
+    worker thread waited on them without limit and the server stopped answering (a normal call
+    timed out). gunicorn's request_header_deadline patch cuts each off GUNICORN_HEADER_TIMEOUT
+    (5 s) after it connected, so a normal call waits for at most one round of them."""
+    member1, _ = team
+    slow_clients = 2 * 2 * 8  # 2 x the harness server's GUNICORN_WORKERS x GUNICORN_THREADS (the defaults)
+    connections = [socket.create_connection(("127.0.0.1", tracking_server.port), timeout=5) for _ in range(slow_clients)]
+    stop = threading.Event()
+
+    def send_a_header_line_a_second():
+        while not stop.wait(1):
+            for connection in connections:
+                with contextlib.suppress(OSError):
+                    connection.sendall(b"X-Slow: 1\r\n")
+
+    try:
+        for connection in connections:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        dripping = threading.Thread(target=send_a_header_line_a_second, daemon=True)
+        dripping.start()
+        time.sleep(1)
+        started = time.monotonic()
+        answered = requests.get(f"{tracking_server.url}{API}/experiments/get", auth=member1.auth,
+                                params={"experiment_id": member1.experiment_id}, timeout=30)
+        seconds = time.monotonic() - started
+    finally:
+        stop.set()
+        for connection in connections:
+            connection.close()
+    assert answered.status_code == 200
+    assert seconds < 5 + 3, f"answered after {seconds:.1f} s"
+
+
+@pytest.mark.parametrize("tag", [{"key": "note", "value": "v" * 100_000}, {"key": "k" * 300, "value": "v"}],
+                         ids=["long-value", "long-key"])
+def test_a_new_run_s_oversized_tag_is_refused_without_database_details(tracking_server, team, tag):
+    """Found here: runs/create checked no tag length (set-tag does), and a 100 kB value came back as
+    a 400 quoting the database driver's error and the INSERT statement."""
+    member1, _ = team
+    runs_before = ok(call(tracking_server, "POST", f"{API}/runs/search", member1.auth,
+                          json={"experiment_ids": [member1.experiment_id]})).get("runs", [])
+    response = call(tracking_server, "POST", f"{API}/runs/create", member1.auth,
+                    json={"experiment_id": member1.experiment_id, "tags": [tag]})
+    assert_refused(response, 400, error_code="INVALID_PARAMETER_VALUE")
+    assert "SQL" not in response.text and "psycopg2" not in response.text
+    runs_after = ok(call(tracking_server, "POST", f"{API}/runs/search", member1.auth,
+                         json={"experiment_ids": [member1.experiment_id]})).get("runs", [])
+    assert len(runs_after) == len(runs_before)
 
 
 def test_an_oversized_param_is_truncated_as_mlflow_does(tracking_server, team):

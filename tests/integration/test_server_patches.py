@@ -114,6 +114,6 @@ def test_an_unverified_mlflow_starts_safely_on_the_operator_s_word_with_optimisa
     for name in ("tracking_store", "compact_json", "readiness_probe", "s3_artifact_repository"):
         assert f"patch {name} off: verified on mlflow 3.17.2, not on {UNRELEASED_MLFLOW}" in log
     # Not MLflow's: the gunicorn and SQLAlchemy patches stay on.
-    assert "server patches: proxied_artifacts, run_attribution, hostile_input, ping_on_demand, request_body_reads" in log
+    assert "server patches: proxied_artifacts, run_attribution, hostile_input, ping_on_demand, request_body_reads, request_header_deadline" in log
     assert server_info(server)["multipart_uploads_enabled"] is False  # safe
     assert is_pretty_json(experiments_page(server))  # MLflow's own encoder

@@ -87,7 +87,8 @@ def _as_text(value: Any) -> Any:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are floats to YAML (.inf, .nan) but no count of CPUs or bound of a search range.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetMount(_Strict):
@@ -182,6 +183,15 @@ class JobSpec(_Strict):
             return {key: _as_text(value) for key, value in mapping.items()}
         return mapping
 
+    @field_validator("tags", "env")
+    @classmethod
+    def _no_nul_in_values(cls, mapping: dict[str, str]) -> dict[str, str]:
+        # A process environment cannot hold a NUL byte: the container would fail to start.
+        for name, value in mapping.items():
+            if "\x00" in value:
+                raise ValueError(f"the value of {name} holds a NUL byte")
+        return mapping
+
     @field_validator("tags")
     @classmethod
     def _tag_names(cls, tags: dict[str, str]) -> dict[str, str]:
@@ -270,12 +280,24 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
     return [(where, "; or ".join(messages)) for where, messages in seen.items()]
 
 
-def _resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
-    def resolve(path: Path | None) -> Path | None:
-        return None if path is None else (base / path.expanduser()).resolve()
+def _resolve_paths(spec: JobSpec, base: Path, source: str) -> JobSpec:
+    problems: list[tuple[str, str]] = []
 
-    datasets = [mount.model_copy(update={"source": resolve(mount.source)}) for mount in spec.datasets]
-    return spec.model_copy(update={"code": resolve(spec.code), "datasets": datasets})
+    def resolve(path: Path | None, where: str) -> Path | None:
+        if path is None:
+            return None
+        try:
+            return (base / path.expanduser()).resolve()
+        except (RuntimeError, ValueError, OSError) as problem:  # a NUL byte, ~unknown-user
+            problems.append((where, f"{str(path)!r} is not a path on this machine ({problem})"))
+            return path
+
+    datasets = [mount.model_copy(update={"source": resolve(mount.source, f"datasets[{index}].source")})
+                for index, mount in enumerate(spec.datasets)]
+    code = resolve(spec.code, "code")
+    if problems:
+        raise JobSpecError(source, problems)
+    return spec.model_copy(update={"code": code, "datasets": datasets})
 
 
 def check_host_paths(spec: JobSpec) -> None:
@@ -302,7 +324,7 @@ def parse_job_spec(data: Any, *, source_file: Path | None = None) -> JobSpec:
         raise JobSpecError(source, _problems(error)) from None
     if source_file is None:
         return spec
-    return _resolve_paths(spec.model_copy(update={"source_file": source_file}), source_file.parent)
+    return _resolve_paths(spec.model_copy(update={"source_file": source_file}), source_file.parent, source)
 
 
 def read_spec_file(path: Path, error: type[JobSpecError] = JobSpecError) -> Any:

@@ -31,7 +31,8 @@ class SweepSpecError(JobSpecError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are floats to YAML (.inf, .nan) but no count of CPUs or bound of a search range.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _Range(_Strict):
@@ -43,7 +44,7 @@ class _Range(_Strict):
     @model_validator(mode="after")
     def _ordered(self):
         if self.low >= self.high:
-            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
         if self.log and self.step is not None:
@@ -108,7 +109,9 @@ class Objective(_Strict):
     @field_validator("direction", mode="before")
     @classmethod
     def _short_direction(cls, direction: Any) -> Any:
-        return {"max": "maximize", "min": "minimize"}.get(direction, direction)
+        if isinstance(direction, str):  # anything else is refused below as not a direction
+            return {"max": "maximize", "min": "minimize"}.get(direction, direction)
+        return direction
 
 
 class PrunerSpec(_Strict):

@@ -236,7 +236,7 @@ class Run:
         for name, value in metrics.items():
             try:
                 value = float(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
                 log.warning("cvops: metric %r has a non-numeric value %r; skipped", name, value)
                 continue
             if not math.isfinite(value):
