@@ -37,6 +37,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from bench.report import RESULTS_DIR, parse_args, print_table, ratio, save
 from bench.stack import Endpoint, Stack
+from cvops.ui_links import MODEL_TRAINING_VIEW, run_ui_url
 from bench.ui_populate import EXPERIMENTS, FILTER_PARAM, FILTER_VALUE, LONG_CURVES, SORT_METRIC, populate
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -46,9 +47,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 VIEWPORT = {"width": 1600, "height": 1400}
 PAGE_TIMEOUT_MS = 180_000
 SCREENSHOT_DIR = RESULTS_DIR / "ui_speed"
-MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 CHART_CARD = "[data-testid='experiment-view-compare-runs-card']"
-API_PREFIXES = ("/ajax-api/", "/api/")
+API_PREFIXES = ("/ajax-api/", "/api/", "/graphql")  # the run page reads its run through GraphQL
 HISTORY_POINTS = 320  # what the UI's line charts ask get-history-bulk-interval for
 
 
@@ -67,7 +67,7 @@ class Pages:
         self.urls = {
             "experiment page": f"{base}/runs?{MODEL_TRAINING_VIEW}&compareRunsMode=TABLE",
             "chart view": f"{base}/runs?{MODEL_TRAINING_VIEW}&compareRunsMode=CHART",
-            "run page": f"{base}/runs/{run_ids[-1]}",
+            "run page": run_ui_url(endpoint.url, experiment_id, run_ids[-1]),  # the link the SDK prints
             "compare 10 runs": (f"{endpoint.url}/#/compare-runs?runs={quote(json.dumps(run_ids[-10:]))}"
                                 f"&experiments={quote(json.dumps([experiment_id]))}"),
         }
