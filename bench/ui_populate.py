@@ -189,8 +189,8 @@ def populate(tracking_uri: str, connect, steps: int, runs: int = RUNS, seed: int
             "COPY datasets (dataset_uuid, experiment_id, name, digest, dataset_source_type, dataset_source, "
             "dataset_schema, dataset_profile) FROM STDIN",
             io.StringIO("".join(
-                f"{dataset_uuid}\t{experiment_id}\t{name}\t{dataset_uuid[:8]}\ts3\t{{\"uri\": \"s3://datasets/{name}\"}}"
-                f'\t{{"mlflow_colspec": []}}\t{{"num_rows": 5000}}\n'
+                f"{dataset_uuid}\t{experiment_id}\t{name}\t{dataset_uuid[:8]}\ts3"
+                f'\t{{"uri": "s3://datasets/{name}"}}\t{{"mlflow_colspec": []}}\t{{"num_rows": 5000}}\n'
                 for experiment_id, sets in datasets.items() for dataset_uuid, _, name in sets)))
         with _indexes_built_after(cur, "metrics"):
             tables = _Tables()
