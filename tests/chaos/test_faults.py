@@ -25,6 +25,7 @@ import requests
 from mlflow import MlflowClient
 
 from tests.harness.fixtures import REPO_ROOT, TrackingServer
+from tests.harness.small_disk import fill, small_disk
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -56,7 +57,9 @@ class Trainer:
         return [int(s) for s in BACK_AFTER.findall(self.log.read_text())]
 
 
-def start_trainers(server: TrackingServer, tmp_path: Path, artifact: Path | None = None) -> list[Trainer]:
+def start_trainers(server: TrackingServer, tmp_path: Path, artifact: Path | None = None, *,
+                   seconds: float = TRAINING_S, spool_root: Path | None = None,
+                   trainer_args: tuple[str, ...] = ()) -> list[Trainer]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CVOPS_", "AWS_"))},
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "trainer" / "src")]),
@@ -73,12 +76,12 @@ def start_trainers(server: TrackingServer, tmp_path: Path, artifact: Path | None
     for index in range(TRAINERS):
         report = tmp_path / f"trainer-{index}.json"
         log = tmp_path / f"trainer-{index}.log"
-        command = [sys.executable, "-m", "tests.chaos.trainer", str(report), "--seconds", str(TRAINING_S)]
+        command = [sys.executable, "-m", "tests.chaos.trainer", str(report), "--seconds", str(seconds), *trainer_args]
         if artifact and index == 0:
             command += ["--artifact", str(artifact)]
         with open(log, "wb") as out:
             process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                       env={**env, "CVOPS_SPOOL_DIR": str(tmp_path / f"spool-{index}")})
+                                       env={**env, "CVOPS_SPOOL_DIR": str((spool_root or tmp_path) / f"spool-{index}")})
         trainers.append(Trainer(report, process, log))
     wait_for(lambda: all(t.started for t in trainers), 60 + 5 * TRAINERS, "trainers' runs on the server")
     return trainers
@@ -201,3 +204,41 @@ def test_s3_restarted_mid_upload(server, s3, tmp_path):
     report(f"S3 restarted mid-upload of {ARTIFACT_MB} MiB", points, trainers,
            s3_restart_s=f"{restart_s:.1f}", artifact="complete, SHA-256 equal",
            abandoned_multipart_uploads=len(leftover))
+
+
+SPOOL_DISK_MB = 16
+DISK_FULL_S = float(os.environ.get("CHAOS_DISK_FULL_S", "8"))
+
+
+@pytest.fixture
+def spool_disk(tmp_path):
+    with small_disk(tmp_path / "spool-disk", SPOOL_DISK_MB) as disk:
+        yield disk
+
+
+def test_spool_disk_full_then_freed(server, spool_disk, tmp_path):
+    trainers = start_trainers(server, tmp_path, seconds=TRAINING_S / 2, spool_root=spool_disk,
+                              trainer_args=("--notes-every", "20"))
+    time.sleep(3)
+    filler = fill(spool_disk)
+    time.sleep(DISK_FULL_S)
+    filler.unlink()
+    points = assert_every_point_stored_once_in_order(server, trainers)
+
+    client = MlflowClient(server.url)
+    notes_lost = 0
+    for trainer in trainers:
+        result, log = trainer.result(), trainer.log.read_text()
+        assert "Traceback" not in log and "unexpected error" not in log, log[-4000:]
+        assert "cannot write to the spool" in log and "has room again" in log, log[-4000:]
+        # log_text while the disk was full: training went on; each such file is named as not logged
+        # and counted at the end, and every other one arrived.
+        stored = {f.path for f in client.list_artifacts(result["run_id"], "notes")}
+        not_logged = set(re.findall(r"artifact (notes/\S+) was NOT logged", log))
+        assert stored | not_logged == set(result["notes"]) and not stored & not_logged
+        if not_logged:
+            assert f"{len(not_logged)} artifacts were not logged because the spool's disk was full" in log
+        notes_lost += len(not_logged)
+    report(f"spool's disk ({SPOOL_DISK_MB} MiB tmpfs) full for {DISK_FULL_S:.0f} s", points, trainers,
+           text_artifacts_not_logged_and_reported=notes_lost)
+
