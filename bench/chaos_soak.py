@@ -1,5 +1,6 @@
 """The chaos tier at soak size: N = 32 trainers (8 with --quick), a 60 s database outage, a 1 GiB
-checkpoint interrupted by an S3 restart, the server SIGKILLed (docs/reliability.md, "Faults").
+checkpoint interrupted by an S3 restart, the server SIGKILLed, the spools' disk full, every server
+session terminated under UI load (docs/reliability.md, "Faults").
 
     python -m bench.chaos_soak [--quick|--full]
 

@@ -21,6 +21,7 @@ PATCH_TESTS = {
     "compact_json": [("test_server_responses", ())],
     "ping_on_demand": [("test_server_resilience", ())],
     "readiness_probe": [("test_server_readiness", ())],
+    "short_database_errors": [("test_server_readiness", ("follows_postgres",))],
     "ui_defaults": [("test_server_ui_defaults", ())],
     "request_body_reads": [("test_server_artifacts", ("proxied_upload", "round_trips"))],
     "request_header_deadline": [("test_server_hostile_input", ("slow_clients",))],

@@ -89,7 +89,8 @@ def _run(checks: dict) -> dict[str, str]:
             results[name] = "timed out"
         elif future.exception() is not None:
             results[name] = "unreachable"
-            _logger.warning("readiness: %s: %s", name, str(future.exception()).strip())
+            # libpq's messages span lines: the log keeps one per failed check
+            _logger.warning("readiness: %s: %s", name, " ".join(str(future.exception()).split()))
         else:
             results[name] = "ok"
     return results

@@ -6,7 +6,10 @@ uploads" and "A missing artifact is a 404"). Any other failure of the store (an 
 endpoint, a missing bucket, refused credentials) reached clients with the bucket, the object's key
 or the endpoint in its message, or as Flask's HTML 500 page: it is now MLflow's JSON error naming
 only the operation, the path as the request gave it and S3's error code, TEMPORARILY_UNAVAILABLE
-(503) when the store cannot be reached, INTERNAL_ERROR (500) otherwise. The server log keeps the
+(503) when the store cannot be reached or answers with a 5xx (S3's "InternalError … please try
+again", "ServiceUnavailable", "SlowDown": a store starting up or overloaded, which clients should
+retry; SeaweedFS answers InternalError for seconds while it restarts, which reached clients as a 500,
+tests/chaos), INTERNAL_ERROR (500) otherwise. The server log keeps the
 full error for the operator. A module of its own because it subclasses MLflow's
 classes at import, which server_patches.py must not do: it is imported where MLflow's names may
 have moved, and only imports this once the patch is verified for the installed MLflow.
@@ -61,6 +64,17 @@ _logger = logging.getLogger("gunicorn.error")
 _OWN_ERRORS = (ArtifactNotFound, ArtifactStoreFailure)
 
 
+def _store_error_code(error):
+    """TEMPORARILY_UNAVAILABLE when S3 did not answer or answered 5xx, here or under MLflow's and
+    boto3's wrappers (they raise their own errors while handling S3's), else INTERNAL_ERROR."""
+    while error is not None:
+        answer = error.response.get("ResponseMetadata", {}) if isinstance(error, ClientError) else {}
+        if isinstance(error, BotoCoreError) or answer.get("HTTPStatusCode", 0) >= 500:
+            return TEMPORARILY_UNAVAILABLE
+        error = error.__cause__ or error.__context__
+    return INTERNAL_ERROR
+
+
 @contextlib.contextmanager
 def _store_errors(operation, path):
     """S3's errors, and MLflow's messages built from them, as errors that name no bucket or key."""
@@ -73,13 +87,13 @@ def _store_errors(operation, path):
         if code in _S3_NOT_FOUND_CODES:
             raise ArtifactNotFound(path) from None
         _logger.error("artifact store: %s %r failed: %s", operation, path, error)
-        raise ArtifactStoreFailure(operation, path, f"S3 error {code}") from None
+        raise ArtifactStoreFailure(operation, path, f"S3 error {code}", _store_error_code(error)) from None
     except BotoCoreError as error:  # no answer from the endpoint: connection refused, timeouts
         _logger.error("artifact store: %s %r failed: %s", operation, path, error)
         raise ArtifactStoreFailure(operation, path, "unreachable", TEMPORARILY_UNAVAILABLE) from None
     except (S3UploadFailedError, exceptions.MlflowException) as error:  # their messages name the bucket
         _logger.error("artifact store: %s %r failed: %s", operation, path, error)
-        raise ArtifactStoreFailure(operation, path, type(error).__name__) from None
+        raise ArtifactStoreFailure(operation, path, type(error).__name__, _store_error_code(error)) from None
 
 
 def _reporting_store_errors(operation, path_argument):

@@ -67,7 +67,8 @@ which no logged model is named cannot need it, so only those that name one are c
 What a team server refuses that MLflow accepts (canonical artifact paths, no experiment artifact
 location chosen by the caller, model-version sources the caller may read): hostile_input.py.
 A run's user is the login that created it (servers with basic-auth), not the client's claim:
-run_attribution.py. The readiness probe /ready (both databases and the bucket): readiness.py. The UI's default view for
+run_attribution.py. The readiness probe /ready (both databases and the bucket): readiness.py. A database
+error's 503 without the SQL, ids or host, and one log line for it: database_errors.py. The UI's default view for
 new browsers: ui_defaults.py. Metric writes, run reads and searches in
 one or two PostgreSQL statements: tracking_store.py.
 """
@@ -396,6 +397,13 @@ def _install_readiness_probe(auth):
     readiness.install(app, auth)
 
 
+def _install_short_database_errors(_auth):
+    import database_errors
+    from mlflow.server import app
+
+    database_errors.install(app)
+
+
 def _install_ui_defaults(_auth):
     import ui_defaults
     from mlflow.server import app
@@ -572,6 +580,8 @@ PATCHES = (
     Patch("readiness_probe", _install_readiness_probe,
           touches=("mlflow.server:app", "mlflow.server:_add_static_prefix",
                    f"{AUTH_MODULE}:_UNPROTECTED_PATH_PREFIXES", f"{AUTH_MODULE}:auth_config.database_uri")),
+    Patch("short_database_errors", _install_short_database_errors,
+          touches=("mlflow.server:app", "mlflow.store.db.utils:_logger", "mlflow.server.handlers:_logger")),
     # The local-storage keys it seeds are read from MLflow's UI bundle (ui_defaults.py).
     Patch("ui_defaults", _install_ui_defaults,
           touches=("mlflow.server:app", "mlflow.telemetry.utils:is_telemetry_disabled")),

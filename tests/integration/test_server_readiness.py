@@ -1,6 +1,9 @@
 """/health says the process answers (liveness); /ready says it can serve: both databases and the bucket.
 
 Before, /health was the only probe and stayed 200 while PostgreSQL was down and the API answered 503.
+While PostgreSQL is down the API's 503 names neither the database's host nor SQL, and the log has
+one line per failure (database_errors.py); before, the answer carried the whole exception and the
+log a traceback per request.
 """
 
 import time
@@ -68,8 +71,19 @@ def test_ready_and_uploads_refuse_when_s3_refuses_the_server_s_keys(tracking_ser
 
 
 def test_ready_follows_postgres_while_health_stays_live(tracking_server, s3, postgres):
+    log_before = tracking_server.log_file.read_text()
     postgres.stop()
     try:
+        # The API's answer: retry later, naming no host, port or SQL; the log: one line per failure.
+        search = requests.post(f"{tracking_server.url}/api/2.0/mlflow/runs/search", auth=tracking_server.admin_auth,
+                               json={"experiment_ids": ["0"]}, timeout=30)
+        assert search.status_code == 503, search.text
+        assert search.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert search.json()["message"] == "The database is temporarily unavailable; retry later.", search.text
+        assert_no_secrets(search, tracking_server, s3, postgres)
+        log = tracking_server.log_file.read_text()[len(log_before):]
+        assert "Traceback" not in log and "[SQL:" not in log, log
+        assert "database error, the request is answered 503: (psycopg2.OperationalError) connection to server at" in log, log
         assert requests.get(f"{tracking_server.url}/health", timeout=30).status_code == 200
         response, took_s = ready(tracking_server)
         assert response.status_code == 503, response.text

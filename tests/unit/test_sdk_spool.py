@@ -6,6 +6,7 @@ import json
 import pytest
 
 from cvops.tracking.spool import Spool, SpoolLocked
+from tests.harness.small_disk import fill, small_disk
 
 
 def _records(n, start=0):
@@ -79,3 +80,19 @@ def test_non_finite_values_survive_the_round_trip(tmp_path):
     spool.append([{"op": "metrics", "run": "r", "metrics": [["a", float("nan"), 1, 0], ["b", float("inf"), 1, 0]]}])
     (_, record), = spool.pending(1)
     assert json.dumps(record["metrics"]) == '[["a", NaN, 1, 0], ["b", Infinity, 1, 0]]'
+
+
+def test_a_full_disk_refuses_a_whole_append_and_the_records_fit_later(tmp_path):
+    """ENOSPC mid-append leaves no fragment that would spoil the next records (tmpfs; needs root)."""
+    with small_disk(tmp_path / "disk", size_mb=1) as disk:
+        spool = Spool(disk / "s", max_bytes=10 * 1024**2)
+        spool.append(_records(3))
+        filler = fill(disk)
+        with pytest.raises(OSError):
+            spool.append(_records(2000, start=3))  # about 130 KB: more than any room left
+        filler.unlink()
+        assert spool.append(_records(2000, start=3)) == 0
+        pending = spool.pending(10_000)
+        assert [r["metrics"][0][3] for _, r in pending] == list(range(2003))
+        spool.ack(pending[-1][0])
+        spool.close()

@@ -9,10 +9,12 @@ same methods doing nothing, after saying once why.
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -314,7 +316,14 @@ class Run:
     def _log_staged(self, artifact_file: str, write) -> None:
         artifact_file = artifact_file.strip("/")
         staged = self._worker.spool.staging_path(Path(artifact_file).name)
-        write(staged)
+        try:
+            write(staged)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            shutil.rmtree(staged.parent, ignore_errors=True)  # a torn file only holds space
+            self._worker.artifact_not_logged(artifact_file, exc)  # a full disk must not stop training
+            return
         directory = os.path.dirname(artifact_file) or None
         self._submit("artifact", source=str(staged), move=True, artifact_path=directory)
 

@@ -12,12 +12,15 @@ Layout of a spool directory (one per training process)::
 Every record is written here *before* it is sent, so a crash, an outage or an air-gapped box
 all leave the same thing behind: a spool that ``cvops sync`` (or the next worker) replays in
 order. The size is bounded by ``max_bytes``; when full, new records are dropped and counted.
+When the disk itself is full, ``append`` raises and leaves no torn line behind, so the caller
+can hold the records and append them whole once the disk has room.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import threading
@@ -27,6 +30,8 @@ from typing import Iterator
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 _SEGMENT_GLOB = "*.jsonl"
+
+log = logging.getLogger("cvops")
 
 
 def read_meta(directory: Path) -> dict:
@@ -86,6 +91,7 @@ class Spool:
         self.staging_dir.mkdir(exist_ok=True)
         self.bytes_used = _tree_bytes(self.segments_dir) + _tree_bytes(self.artifacts_dir)
         self.dropped = 0
+        self._unsaved: set[Path] = set()
 
     # ----------------------------------------------------------------- writing
     def _segment_numbers(self) -> list[int]:
@@ -98,7 +104,10 @@ class Spool:
         return self.bytes_used + nbytes <= self.max_bytes
 
     def append(self, records: list[dict]) -> int:
-        """Write ``records`` durably (one fsync); return how many were dropped for lack of room."""
+        """Write ``records`` durably (one fsync); return how many were dropped for lack of room.
+
+        Raises OSError when the disk refuses the write (full): then none of ``records`` is written.
+        """
         with self._append_lock:
             return self._append(records)
 
@@ -111,17 +120,30 @@ class Spool:
                 continue
             lines.append(line)
         if lines:
-            if self._writer is None or self._writer.tell() >= SEGMENT_BYTES:
-                if self._writer is not None:
-                    self._writer.close()
-                    self._write_segment += 1
-                self._writer = open(self._segment_path(self._write_segment), "ab")
             data = b"".join(lines)
-            self._writer.write(data)
-            self._writer.flush()
-            os.fsync(self._writer.fileno())
+            self._write_whole(data)
             self.bytes_used += len(data)
         return len(records) - len(lines)
+
+    def _write_whole(self, data: bytes) -> None:
+        if self._writer is None or self._writer.tell() >= SEGMENT_BYTES:
+            if self._writer is not None:
+                self._writer.close()
+                self._write_segment += 1
+            # Unbuffered: after a failed write no buffer may hold a fragment that a later flush
+            # would append behind the next records.
+            self._writer = open(self._segment_path(self._write_segment), "ab", buffering=0)
+        start = os.fstat(self._writer.fileno()).st_size
+        try:
+            written = memoryview(data)
+            while written:
+                written = written[self._writer.write(written):]
+            os.fsync(self._writer.fileno())
+        except OSError:
+            # A full disk may take part of the data: cut it off, or the reader would join the
+            # fragment to the next record and lose both as one corrupt line.
+            os.ftruncate(self._writer.fileno(), start)
+            raise
 
     def staging_path(self, file_name: str) -> Path:
         """A fresh path where the training thread may write a file it then hands over by ``adopt``."""
@@ -170,7 +192,21 @@ class Spool:
 
     def remember_run_id(self, local_key: str, run_id: str) -> None:
         self.run_ids[local_key] = run_id
-        _atomic_write_json(self._run_ids_path, self.run_ids)
+        self._save(self._run_ids_path, self.run_ids)
+
+    def _save(self, path: Path, data) -> None:
+        """Persist bookkeeping; on a full disk it stays in memory and is saved by the next call
+        that finds room. Only a crash in between costs anything: the next replay re-sends what
+        the stale file does not record, which the server stores once (see replay.py)."""
+        try:
+            _atomic_write_json(path, data)
+        except OSError as exc:
+            path.with_suffix(".tmp").unlink(missing_ok=True)
+            if path not in self._unsaved:
+                log.warning("cvops: could not save %s (%s); kept in memory until the disk has room", path, exc)
+            self._unsaved.add(path)
+        else:
+            self._unsaved.discard(path)
 
     # ----------------------------------------------------------------- reading
     def pending(self, limit: int) -> list[tuple[tuple[int, int], dict]]:
@@ -208,7 +244,7 @@ class Spool:
     def ack(self, position: tuple[int, int]) -> None:
         """Everything up to ``position`` is on the server: persist the cursor, drop old segments."""
         self._cursor = position
-        _atomic_write_json(self._cursor_path, {"segment": position[0], "offset": position[1]})
+        self._save(self._cursor_path, {"segment": position[0], "offset": position[1]})
         for number in self._segment_numbers():
             if number >= position[0]:
                 break

@@ -57,6 +57,10 @@ class Worker:
         self._retry_at = 0.0
         self._backoff_s = _BACKOFF_START_S
         self._dropped_in_memory = 0
+        # Records the disk refused (full), oldest first, written before any newer ones once it has room.
+        self._held: list[dict] = []
+        self._disk_full_since: float | None = None
+        self._artifacts_not_logged = 0
         self._waiting_flushes: list[_FlushRequest] = []
         self._warned_spool_full = False
         self._warned_artifact_not_snapshotted = False
@@ -110,10 +114,16 @@ class Worker:
                         "Upload it later with: cvops sync %s", self.spool.directory, self.spool.directory)
             return False
         removed = self.spool.close(remove_if_drained=True)
-        lost = self.spool.dropped + self._dropped_in_memory
-        if lost:
+        if self._held:
+            log.warning("cvops: %d tracking records were LOST: the spool's disk was still full at exit",
+                        len(self._held))
+        if self.spool.dropped + self._dropped_in_memory:
             log.warning("cvops: %d tracking records were dropped because the spool was full "
-                        "(CVOPS_SPOOL_MAX_BYTES=%d)", lost, self.spool.max_bytes)
+                        "(CVOPS_SPOOL_MAX_BYTES=%d) or too many waited in memory for a full disk",
+                        self.spool.dropped + self._dropped_in_memory, self.spool.max_bytes)
+        if self._artifacts_not_logged:
+            log.warning("cvops: %d artifacts were not logged because the spool's disk was full",
+                        self._artifacts_not_logged)
         if not removed:
             log.warning("cvops: some tracking data could not be sent; it is kept in %s. "
                         "Upload it later with: cvops sync %s", self.spool.directory, self.spool.directory)
@@ -155,11 +165,39 @@ class Worker:
         for record in records:
             if record.get("op") == "artifact" and "source" in record:
                 self._snapshot(record)
-        if self.spool.append(records) and not self._warned_spool_full:
+        records = self._held + records
+        try:
+            dropped = self.spool.append(records)
+        except OSError as exc:
+            self._hold(records, exc)
+            return
+        if self._disk_full_since is not None:
+            log.warning("cvops: the spool's disk has room again after %.0f s; the %d records held in "
+                        "memory meanwhile are spooled", time.monotonic() - self._disk_full_since, len(self._held))
+            self._disk_full_since = None
+        self._held = []
+        if dropped and not self._warned_spool_full:
             self._warned_spool_full = True
             log.warning("cvops: the spool %s is full (CVOPS_SPOOL_MAX_BYTES=%d); new tracking data is "
                         "dropped and counted until the server takes some", self.spool.directory,
                         self.spool.max_bytes)
+
+    def _hold(self, records: list[dict], exc: OSError) -> None:
+        """Keep what the disk refused in memory (bounded), so that nothing is lost while it is full."""
+        room = max(0, MAX_QUEUED_RECORDS - len(self._held))
+        kept = records[len(self._held):][:room]
+        self._dropped_in_memory += len(records) - len(self._held) - len(kept)
+        self._held += kept
+        if self._disk_full_since is None:
+            self._disk_full_since = time.monotonic()
+            log.warning("cvops: cannot write to the spool %s (%s); training continues, tracking records are "
+                        "held in memory (up to %d) until the disk has room, then sent", self.spool.directory,
+                        exc, MAX_QUEUED_RECORDS)
+
+    def artifact_not_logged(self, artifact_file: str, exc: OSError) -> None:
+        """A file the training thread could not even write to the spool (its disk is full)."""
+        self._artifacts_not_logged += 1
+        log.warning("cvops: artifact %s was NOT logged: it could not be written to the spool (%s)", artifact_file, exc)
 
     def _snapshot(self, record: dict) -> None:
         source = Path(record.pop("source"))
@@ -183,7 +221,7 @@ class Worker:
         retry_due = self._offline_since is None or time.monotonic() >= self._retry_at
         if not (retry_due or flushes):
             return
-        sent_all = self._replay()
+        sent_all = self._replay() and not self._held
         for request in flushes + self._waiting_flushes:
             if sent_all or not request.patient:
                 request.sent = sent_all
