@@ -25,6 +25,9 @@ done
 
 preflight
 require_running postgres minio
+# The dumps hold every user's password hash and the artifacts the team's work: readable by the
+# operator alone, whatever the shell's umask (022 would leave them readable by every local user).
+umask 077
 mkdir -p "$backup_root" || die "cannot create backup directory $backup_root"
 name=cvops-$(date -u +%Y%m%dT%H%M%SZ)
 target=$(cd "$backup_root" && pwd)/$name
@@ -32,7 +35,7 @@ work=$target.partial
 [ ! -e "$target" ] || die "$target already exists"
 rm -rf "$work"
 mkdir -p "$work/artifacts"
-(umask 077 && mkdir "$work/secrets")
+mkdir "$work/secrets"
 
 step "Dump the databases"
 for db in $(databases); do
@@ -69,7 +72,7 @@ result=$target
 
 if [ "$archive" = 1 ]; then
     step "Pack the archive"
-    (umask 077 && tar -C "$(dirname "$target")" -czf "$target.tar.gz.partial" "$name")
+    tar -C "$(dirname "$target")" -czf "$target.tar.gz.partial" "$name"
     mv "$target.tar.gz.partial" "$target.tar.gz"
     rm -rf "$target"
     result=$target.tar.gz

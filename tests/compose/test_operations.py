@@ -40,6 +40,9 @@ def test_backup_wipe_restore_returns_identical_runs_and_artifacts(compose_stack,
     assert backups and backups[-1].is_dir(), backup
     assert {p.name for p in backups[-1].iterdir()} >= {"mlflow.dump", "mlflow_auth.dump", "optuna.dump",
                                                       "manifest.txt", "SHA256SUMS", "artifacts"}
+    # The dumps hold every user's password hash: neither they nor the folder are open to other users.
+    open_to_others = [path.name for path in [backups[-1], *backups[-1].glob("*.dump")] if path.stat().st_mode & 0o077]
+    assert not open_to_others, f"readable by other users of the host: {open_to_others}"
 
     stack.down()
     stack.up()
