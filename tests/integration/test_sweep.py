@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 optuna = pytest.importorskip("optuna")
 
-from tests.harness.sweeps import ENQUEUED, cvops, finished, sweep_env, write_sweep  # noqa: E402
+from tests.harness.sweeps import ENQUEUED, REPO, cvops, finished, sweep_env, write_sweep  # noqa: E402
 
 
 def test_a_sweep_tracks_every_trial_as_a_child_run_and_resumes_from_two_processes(
@@ -265,3 +265,91 @@ def test_a_worker_pod_stopped_with_sigterm_fails_its_trial_and_leaves_the_sweep_
     assert trial.state.name == "FAIL", output
     assert client.get_run(trial.user_attrs["run_id"]).info.status == "KILLED"
     assert client.get_run(study.user_attrs["cvops.parent_run_id"]).info.status == "RUNNING"
+
+
+def _trial_process(study_name: str, number: int) -> int | None:
+    """The process id of trial `number` of this study (its environment says which), if running."""
+    wanted = {f"CVOPS_SWEEP_STUDY={study_name}".encode(), f"CVOPS_TRIAL_NUMBER={number}".encode()}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if wanted <= set(environ.read().split(b"\0")):
+                    return int(pid)
+        except OSError:
+            continue  # gone, or not ours to read
+    return None
+
+
+def test_the_keras_example_sweep_prunes_fails_and_registers_its_best_trial(
+    tracking_server, optuna_storage, tmp_path, monkeypatch
+):
+    """The Keras example's sweep.yaml, shrunk (64 images, 4 epochs), with enqueued trials that fix
+    the outcome: 0 and 1 learn; 2 is killed mid-run (a worker dying); 3 has a learning rate too
+    small to learn, so the median pruner stops it; 4 and 5 come from the sampler."""
+    import signal
+
+    import yaml
+
+    pytest.importorskip("keras")
+    from mlflow.tracking import MlflowClient
+
+    example = REPO / "trainer" / "examples" / "keras"
+    data = tmp_path / "shapes"
+    subprocess.run([sys.executable, str(REPO / "trainer" / "examples" / "make_shapes.py"), str(data),
+                    "--train", "64", "--val", "32", "--size", "64", "--tfrecord", "off"], check=True, timeout=120)
+    study_name = f"keras-{uuid.uuid4().hex[:6]}"
+    model_name = f"shapes-{study_name}"
+    spec = yaml.safe_load((example / "sweep.yaml").read_text())
+    spec["job"].update(code=str(example), experiment=f"sweep-{study_name}", command=[
+        sys.executable, "train.py", "--data", str(data), "--epochs", "4", "--model-name", model_name,
+    ])
+    spec["search_space"]["learning_rate"]["low"] = 1e-7
+    spec.update(
+        study=study_name, trials=6, parallelism=2, sampler="random", seed=0,
+        pruner={"type": "median", "startup_trials": 2, "warmup_steps": 0},
+        register={"name": model_name, "alias": "challenger"},
+        enqueue=[{"learning_rate": lr, "batch_size": 16} for lr in (0.01, 0.003, 0.001, 1e-7)],
+    )
+    spec_file = tmp_path / "sweep.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    # Unbuffered: trial 2's epoch line must arrive while it runs, not when it exits.
+    env = {**sweep_env(tracking_server, tmp_path, optuna_storage), "PYTHONUNBUFFERED": "1"}
+
+    sweep = cvops("sweep", str(spec_file), env=env, cwd=tmp_path)
+    lines = []
+    for line in sweep.stdout:  # trial 2 has logged an epoch (keras prints val_loss): kill it
+        lines.append(line)
+        if line.startswith("[trial 2]") and "val_loss" in line:
+            break
+    pid = _trial_process(study_name, 2)
+    assert pid is not None, "".join(lines)
+    os.kill(pid, signal.SIGKILL)
+    output = "".join(lines) + finished(sweep)
+
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    trials = {trial.number: trial for trial in study.get_trials()}
+    states = {number: trial.state.name for number, trial in trials.items()}
+    assert [states[number] for number in range(4)] == ["COMPLETE", "COMPLETE", "FAIL", "PRUNED"], output
+    assert sorted(states) == list(range(6)) and all(trials[n].state.is_finished() for n in (4, 5)), output
+
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, env[name])
+    client = MlflowClient(tracking_server.url)
+    parent_id = study.user_attrs["cvops.parent_run_id"]
+    runs = {number: client.get_run(trial.user_attrs["run_id"]) for number, trial in trials.items()}
+    expected_status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    for number, run in runs.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent_id and run.data.tags["trial"] == str(number)
+        assert run.info.status == expected_status[states[number]], (number, run.info.status, output)
+        assert float(run.data.params["learning_rate"]) == pytest.approx(trials[number].params["learning_rate"])
+        assert run.data.params["batch_size"] == str(trials[number].params["batch_size"])
+    assert runs[3].data.tags["pruned"] == "true" and 0 <= int(runs[3].data.tags["pruned_at_step"]) < 4
+    assert "pruned" not in runs[0].data.tags and "pruned" not in runs[2].data.tags
+
+    parent = client.get_run(parent_id)
+    best_run_id = runs[study.best_trial.number].info.run_id
+    assert parent.info.status == "FINISHED", output
+    assert parent.data.tags["best_trial"] == str(study.best_trial.number)
+    assert parent.data.tags["best_run_id"] == best_run_id
+    assert client.get_metric_history(parent_id, "sweep/best_value")[-1].value == pytest.approx(study.best_value)
+    assert client.get_model_version_by_alias(model_name, "challenger").run_id == best_run_id, output
