@@ -17,6 +17,14 @@ MINIMAL = {
 }
 
 
+# momentum exists only in trials that use SGD.
+CONDITIONAL = {
+    "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},
+    "momentum": {"type": "float", "low": 0.5, "high": 0.99, "when": {"optimizer": "sgd"}},
+}
+
+
 def problems(**changes) -> dict[str, str]:
     data = {**MINIMAL, **changes}
     with pytest.raises(SweepSpecError) as caught:
@@ -54,7 +62,7 @@ def test_full_spec_loads_with_the_job_file_relative_to_the_sweep_file(tmp_path):
 
     assert template_job(spec).command == ["python3", "train.py"]
     assert template_job(spec).source_file == tmp_path / "job.yaml"
-    distributions = spec.distributions()
+    distributions = {name: param.distribution() for name, param in spec.search_space.items()}
     assert distributions["lr"].log and distributions["filters"].step == 8
     assert distributions["backbone"].choices == ("tiny", "small")
     assert spec.pruner.build().__class__.__name__ == "MedianPruner"
@@ -105,6 +113,14 @@ def test_defaults_and_short_forms():
         ({"register": {"name": "shapes", "stage": "prod"}}, "register.stage", "unknown field"),
         ({"kubernetes": {"storage_secret": ""}}, "kubernetes.storage_secret", "at least 1 character"),
         ({"trials_in": "kubernetes"}, "trials_in", "'local' or 'docker'"),
+        ({"search_space": {**CONDITIONAL, "momentum": {**CONDITIONAL["momentum"], "when": {"optimizer": "adam"}}}},
+         "search_space.momentum.when.optimizer", "['adam'] not among its choices"),
+        ({"search_space": {**CONDITIONAL, "momentum": {**CONDITIONAL["momentum"], "when": {"lr": 0.1}}}},
+         "search_space.momentum.when.lr", "categorical parameter"),
+        ({"search_space": {**CONDITIONAL, "momentum": {**CONDITIONAL["momentum"], "when": {"beta": "x"}}}},
+         "search_space.momentum.when.beta", "not another parameter"),
+        ({"search_space": CONDITIONAL, "enqueue": [{"optimizer": "adamw", "momentum": 0.9}]},
+         "enqueue[0].momentum", "sampled only when"),
     ],
 )
 def test_every_problem_names_its_field(changes, field, message):
@@ -181,3 +197,19 @@ def test_trials_in_containers_need_a_storage_their_network_reaches(url, network,
     with pytest.raises(SweepError) as caught:
         check_storage_reachable(url, network)
     assert refused_because in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+def test_a_conditional_parameter_is_sampled_only_in_trials_that_meet_its_condition():
+    import optuna
+
+    spec = parse_sweep_spec({**MINIMAL, "search_space": CONDITIONAL, "sampler": "random",
+                             "enqueue": [{"optimizer": "sgd", "momentum": 0.9}, {"optimizer": "adamw"}]})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for params in spec.enqueue:
+        study.enqueue_trial(params)
+    trials = [spec.ask(study) for _ in range(12)]
+    assert trials[0].params["momentum"] == 0.9 and "momentum" not in trials[1].params  # as enqueued
+    for trial in trials:
+        assert ("momentum" in trial.params) == (trial.params["optimizer"] == "sgd"), trial.params
+        assert 1e-4 <= trial.params["lr"] <= 1e-1
+    assert {trial.params["optimizer"] for trial in trials} == {"sgd", "adamw"}

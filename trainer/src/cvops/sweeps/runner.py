@@ -153,7 +153,7 @@ class _Sweep:
                 return None
             if _started_count(self.study) >= self.budget:
                 return None
-            trial = self.study.ask(self.spec.distributions())
+            trial = self.spec.ask(self.study)
             self.trials_run += 1
             self.study._storage.record_heartbeat(trial._trial_id)
             self.running_trial_ids.add(trial._trial_id)

@@ -35,7 +35,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class _Range(_Strict):
+class _Param(_Strict):
+    # Conditional search space: this parameter is sampled only in trials whose categorical
+    # parameters have one of these values (Optuna's define-by-run, after the trial is asked).
+    when: dict[str, Union[str, int, float, bool, None, list[Union[str, int, float, bool, None]]]] | None = Field(
+        default=None, description="sampled only when each named categorical parameter has one of these values",
+    )
+
+    def applies_to(self, params: dict[str, Any]) -> bool:
+        return all(params.get(name, _ABSENT) in _values(wanted) for name, wanted in (self.when or {}).items())
+
+
+_ABSENT = object()
+
+
+def _values(wanted: Any) -> list:
+    return wanted if isinstance(wanted, list) else [wanted]
+
+
+class _Range(_Param):
     low: float
     high: float
     log: bool = False
@@ -60,6 +78,9 @@ class FloatParam(_Range):
 
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
+    def suggest(self, trial, name: str) -> Any:
+        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+
     def contains(self, value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
 
@@ -75,11 +96,14 @@ class IntParam(_Range):
 
         return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
 
+    def suggest(self, trial, name: str) -> Any:
+        return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step or 1)
+
     def contains(self, value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
 
 
-class CategoricalParam(_Strict):
+class CategoricalParam(_Param):
     type: Literal["categorical"]
     choices: list[Union[str, int, float, bool, None]] = Field(min_length=1)
 
@@ -94,6 +118,9 @@ class CategoricalParam(_Strict):
         from optuna.distributions import CategoricalDistribution
 
         return CategoricalDistribution(self.choices)
+
+    def suggest(self, trial, name: str) -> Any:
+        return trial.suggest_categorical(name, self.choices)
 
     def contains(self, value: Any) -> bool:
         return value in self.choices
@@ -218,9 +245,14 @@ class SweepSpec(_Strict):
                 raise ValueError(f"{name!r}: parameter names are letters, digits, '_' and '.'")
         return space
 
-    def distributions(self) -> dict:
-        """The search space as Optuna distributions, for ``study.ask``."""
-        return {name: param.distribution() for name, param in self.search_space.items()}
+    def ask(self, study):
+        """A new trial of ``study``: the unconditional parameters asked at once, then each
+        conditional one suggested when its condition holds (an enqueued value is kept)."""
+        trial = study.ask({name: param.distribution() for name, param in self.search_space.items() if not param.when})
+        for name, param in self.search_space.items():
+            if param.when and param.applies_to(trial.params):
+                param.suggest(trial, name)
+        return trial
 
     def storage_url(self, environ) -> str:
         url = (environ.get(STORAGE_ENV) or "").strip() or self.storage
@@ -249,9 +281,9 @@ def parse_sweep_spec(data: Any, *, source_file: Path | None = None) -> SweepSpec
     except ValidationError as error:
         raise SweepSpecError(source, _sweep_problems(error)) from None
     spec = spec.model_copy(update={"source_file": source_file})
-    enqueue_problems = _enqueue_problems(spec)
-    if enqueue_problems:
-        raise SweepSpecError(source, enqueue_problems)
+    problems = _condition_problems(spec) or _enqueue_problems(spec)
+    if problems:
+        raise SweepSpecError(source, problems)
     try:
         template_job(spec)
     except JobSpecError as error:
@@ -260,6 +292,22 @@ def parse_sweep_spec(data: Any, *, source_file: Path | None = None) -> SweepSpec
             source, [(f"{prefix}.{where}" if where else prefix, message) for where, message in error.problems]
         ) from None
     return spec
+
+
+def _condition_problems(spec: SweepSpec) -> list[tuple[str, str]]:
+    """A condition names an unconditional categorical parameter and values among its choices:
+    conditions are then decided right after the trial is asked, and cannot form a cycle."""
+    problems = []
+    for name, param in spec.search_space.items():
+        for other, wanted in (param.when or {}).items():
+            condition, where = spec.search_space.get(other), f"search_space.{name}.when.{other}"
+            if condition is None or other == name:
+                problems.append((where, "not another parameter of search_space"))
+            elif not isinstance(condition, CategoricalParam) or condition.when:
+                problems.append((where, "a condition names a categorical parameter without a when: of its own"))
+            elif missing := [value for value in _values(wanted) if value not in condition.choices]:
+                problems.append((where, f"{missing!r} not among its choices {condition.choices!r}"))
+    return problems
 
 
 def _enqueue_problems(spec: SweepSpec) -> list[tuple[str, str]]:
@@ -271,6 +319,9 @@ def _enqueue_problems(spec: SweepSpec) -> list[tuple[str, str]]:
                 problems.append((f"enqueue[{index}].{name}", "not a parameter of search_space"))
             elif not param.contains(value):
                 problems.append((f"enqueue[{index}].{name}", f"{value!r} is outside its search_space range"))
+            elif not param.applies_to(params):
+                problems.append((f"enqueue[{index}].{name}", f"sampled only when {param.when!r}, which these "
+                                                              "parameters do not meet"))
     return problems
 
 
