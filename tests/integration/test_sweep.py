@@ -6,6 +6,7 @@ one is pruned, the `crash` one kills itself mid-run. Then two `cvops sweep --res
 once continue the same study without running a trial twice."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -352,4 +353,7 @@ def test_the_keras_example_sweep_prunes_fails_and_registers_its_best_trial(
     assert parent.data.tags["best_trial"] == str(study.best_trial.number)
     assert parent.data.tags["best_run_id"] == best_run_id
     assert client.get_metric_history(parent_id, "sweep/best_value")[-1].value == pytest.approx(study.best_value)
-    assert client.get_model_version_by_alias(model_name, "challenger").run_id == best_run_id, output
+    challenger = client.get_model_version_by_alias(model_name, "challenger")
+    assert challenger.run_id == best_run_id, output
+    # The trial's class names reach the version the sweep registers: serving and `cvops evaluate` need them.
+    assert json.loads(challenger.tags["cvops.class_names"]) == ["circle", "square", "triangle"], challenger.tags

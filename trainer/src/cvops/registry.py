@@ -62,12 +62,15 @@ def _flavor_module(flavor: str | types.ModuleType) -> types.ModuleType:
 
 
 def log_model(run, model: Any, flavor: str | types.ModuleType, *, name: str = "model", signature=None,
-              input_example=None, registered_model_name: str | None = None, **flavor_kwargs):
+              input_example=None, registered_model_name: str | None = None,
+              class_names: Sequence[str] | Mapping[int, str] | None = None, **flavor_kwargs):
     """Log ``model`` with MLflow flavor ``flavor`` to ``run`` (MLflow 3 ``name=``), registered too
     when ``registered_model_name`` is given; MLflow's ``ModelInfo``. A sweep's trials log without
     registering: the sweep registers the best one (:func:`register_logged_model`).
 
-    ``signature`` is inferred from ``input_example`` by MLflow when not given.
+    ``signature`` is inferred from ``input_example`` by MLflow when not given. ``class_names``
+    become the logged model's tag ``cvops.class_names``, which :func:`register_logged_model`
+    carries over to the version it registers.
     """
     if not getattr(run, "enabled", False):
         raise RuntimeError("logging a model needs a tracked run (tracking is off for this one)")
@@ -78,12 +81,16 @@ def log_model(run, model: Any, flavor: str | types.ModuleType, *, name: str = "m
                            "the model after `cvops sync`")
     from mlflow.models import Model
 
-    with _tracking_uri(_client(run).tracking_uri), _active_experiment(run.experiment_id):
-        return Model.log(
+    client = _client(run)
+    with _tracking_uri(client.tracking_uri), _active_experiment(run.experiment_id):
+        info = Model.log(
             artifact_path=None, name=name, flavor=_flavor_module(flavor), run_id=run_id,
             registered_model_name=registered_model_name, signature=signature, input_example=input_example,
             **_model_argument(flavor, model), **flavor_kwargs,
         )
+    if class_names:
+        client.set_logged_model_tags(info.model_id, {CLASS_NAMES_TAG: class_names_tag_value(class_names)})
+    return info
 
 
 def log_model_and_register(run, model: Any, flavor: str | types.ModuleType, *, registered_model_name: str,
@@ -96,7 +103,7 @@ def log_model_and_register(run, model: Any, flavor: str | types.ModuleType, *, r
     :func:`cvops.evaluation.evaluate_registered_model` matches the model's classes to a dataset's
     categories with."""
     info = log_model(run, model, flavor, name=name, signature=signature, input_example=input_example,
-                     registered_model_name=registered_model_name, **flavor_kwargs)
+                     registered_model_name=registered_model_name, class_names=class_names, **flavor_kwargs)
     version = str(info.registered_model_version)
     client = _client(run)
     if class_names:
@@ -120,6 +127,9 @@ def register_logged_model(tracking_uri: str, run_id: str, registered_model_name:
         raise LookupError(f"run {run_id} logged no model named {name!r}")
     with _tracking_uri(tracking_uri):
         version = mlflow.register_model(found[0].model_uri, registered_model_name)
+    if CLASS_NAMES_TAG in found[0].tags:  # as the trial logged it: serving and evaluation name classes by it
+        client.set_model_version_tag(registered_model_name, version.version, CLASS_NAMES_TAG,
+                                     found[0].tags[CLASS_NAMES_TAG])
     for alias in aliases:
         client.set_registered_model_alias(registered_model_name, alias, version.version)
     return RegisteredVersion(registered_model_name, str(version.version), found[0].model_uri, run_id)

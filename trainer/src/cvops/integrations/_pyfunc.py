@@ -176,7 +176,7 @@ def log_keras_model(run: Any, model: Any, *, input_example: Any, registered_mode
     options = {"signature": signature, "input_example": example,
                "pip_requirements": pinned_requirements(TENSORFLOW, ("keras",), ("numpy",), ("cloudpickle",))}
     if registered_model_name is None:
-        registry.log_model(run, model, flavor, **options)
+        registry.log_model(run, model, flavor, class_names=class_names, **options)
         return None
     version = registry.log_model_and_register(
         run, model, flavor, registered_model_name=registered_model_name, aliases=(CANDIDATE,),
