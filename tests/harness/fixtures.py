@@ -72,6 +72,36 @@ def _tail(path: Path) -> str:
         return "(no log)"
 
 
+# The logs of the servers this session started, so that a failing test shows what they logged
+# while it ran: a client sees only "too many 503 error responses"; the reason (an S3 store gone
+# read-only, a database error) is in these logs.
+_SERVER_LOGS: dict[str, Path] = {}
+_LOG_OFFSETS_AT_SETUP = pytest.StashKey[dict]()
+
+
+def _log_sizes() -> dict[str, int]:
+    return {label: path.stat().st_size if path.exists() else 0 for label, path in _SERVER_LOGS.items()}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_LOG_OFFSETS_AT_SETUP] = _log_sizes()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        offsets = item.stash.get(_LOG_OFFSETS_AT_SETUP, {})
+        for label, path in _SERVER_LOGS.items():
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as log:
+                log.seek(offsets.get(label, 0))
+                logged = log.read().decode(errors="replace").strip()
+            if logged:
+                report.sections.append((f"{label} logged during this test", logged[-LOG_TAIL_CHARS:]))
+    return report
+
+
 def _stop_process_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
     """SIGTERM the process and everything it started (gunicorn master and workers), then KILL."""
     if proc.poll() is not None:
@@ -200,6 +230,7 @@ class S3Endpoint:
         self.region = "us-east-1"
         self.bucket = "mlflow-artifacts"
         self.log_file = self.root / "seaweedfs.log"
+        _SERVER_LOGS[f"SeaweedFS (S3) on port {self.port}"] = self.log_file
         self._internal_ports = {name: free_port() for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
             "filer.port", "filer.port.grpc", "s3.port.grpc")}
@@ -217,7 +248,11 @@ class S3Endpoint:
         # onto this harness's loopback ports and directory.
         flags = [f"-dir={data_dir}", f"-ip.bind={self.host}", f"-s3.port={self.port}",
                  *(f"-{name}={port}" for name, port in self._internal_ports.items()),
-                 "-master.volumeSizeLimitMB=256"]
+                 "-master.volumeSizeLimitMB=256",
+                 # weed's default turns every volume read-only below 1% free disk, 2.5 GB of a
+                 # shared 250 GB disk: then every write is an InternalError (the server's 503),
+                 # although these tests keep only a few hundred MB there.
+                 "-volume.minFreeSpace=256MiB"]
         env = {**os.environ, "S3_ACCESS_KEY": self.access_key, "S3_SECRET_KEY": self.secret_key,
                "TMPDIR": str(self.root), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         with open(self.log_file, "ab") as log:
@@ -308,6 +343,7 @@ class TrackingServer:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.log_file = root / "server.log"
+        _SERVER_LOGS[f"MLflow server {name}"] = self.log_file
         self.backend_db = name
         self.auth_db = f"{name}_auth"
         self.artifacts_destination = f"s3://{s3.bucket}/{name}"
