@@ -38,7 +38,9 @@ once.
 Compact JSON. MLflow's handlers write every response with ``json.dumps(indent=2)``, which runs
 Python's pure-Python encoder (the C one only serves compact output) and more than doubles the
 body: a page of 10 typical runs is 83 KB pretty and 35 KB compact, 5.5 vs 3.6 ms to encode. The
-JSON is the same document either way.
+JSON is the same document either way. Metric histories (the chart view's calls, ~3 200 points for
+10 runs) are encoded straight from their fields: MessageToDict's generic walk took 31 ms of such
+a call, against ~5 ms; the bytes are MLflow's (tests/unit/test_server_json.py).
 
 Pings without a round trip. MLflow's engines check every pooled connection before use with a
 ``SELECT 1`` (pool_pre_ping), so that a connection PostgreSQL closed while it sat in the pool (a
@@ -75,7 +77,9 @@ one or two PostgreSQL statements: tracking_store.py.
 
 import functools
 import importlib
+import json
 import logging
+import math
 import os
 import select
 import time
@@ -293,12 +297,48 @@ def _install_s3_artifact_repository(_auth):
 
 # --------------------------------------------------------------------------- compact_json, ping_on_demand, auth
 
-def _compact(message_to_json):
+def _compact(message_to_json, plain_messages=frozenset()):
     @functools.wraps(message_to_json)
     def compact(message, *, pretty=True, convert_int64_to_number=True):
+        if convert_int64_to_number and type(message) in plain_messages:
+            return json.dumps(_plain_dict(message), separators=(",", ":"))
         return message_to_json(message, pretty=False, convert_int64_to_number=convert_int64_to_number)
 
     return compact
+
+
+def _json_double(value):
+    """A double as protobuf's MessageToDict gives it: the special values as their JSON names."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def _plain_dict(message):
+    """What MLflow's message_to_json encodes for a message of strings, int64s (as numbers),
+    doubles and such messages (_only_plain_fields), without MessageToDict's per-field dispatch."""
+    encoded = {}
+    for member, value in message.ListFields():
+        if member.type == member.TYPE_MESSAGE:
+            convert = _plain_dict
+        elif member.type == member.TYPE_DOUBLE:
+            convert = _json_double
+        else:
+            convert = None
+        if member.is_repeated:
+            encoded[member.name] = [convert(item) for item in value] if convert else list(value)
+        else:
+            encoded[member.name] = convert(value) if convert else value
+    return encoded
+
+
+def _only_plain_fields(descriptor) -> bool:
+    return all(member.type in (member.TYPE_STRING, member.TYPE_INT64, member.TYPE_DOUBLE)
+               or (member.type == member.TYPE_MESSAGE and not member.message_type.GetOptions().map_entry
+                   and _only_plain_fields(member.message_type))
+               for member in descriptor.fields)
 
 
 def _has_unread_data(dbapi_connection) -> bool:
@@ -356,11 +396,16 @@ def _redact_only_with_model_links(redact):
 
 
 def _install_compact_json(auth):
+    from mlflow.protos.service_pb2 import GetMetricHistory, GetMetricHistoryBulkInterval
     from mlflow.server import handlers
 
+    # The chart view's answers: thousands of points each, where MessageToDict's Python walk over
+    # every field of every point was half the server's time for a call.
+    plain_messages = frozenset(response for response in (GetMetricHistory.Response, GetMetricHistoryBulkInterval.Response)
+                               if _only_plain_fields(response.DESCRIPTOR))
     for module in (handlers, auth):  # each imported message_to_json by name
         if module is not None:
-            module.message_to_json = _compact(module.message_to_json)
+            module.message_to_json = _compact(module.message_to_json, plain_messages)
 
 
 def _install_ping_on_demand(_auth):
@@ -562,7 +607,8 @@ PATCHES = (
                        "SqlAlchemyStore._search_runs", "SqlAlchemyStore._log_metrics",
                        "SqlAlchemyStore._log_metrics_once", "SqlAlchemyStore._filter_experiment_ids",
                        "SqlAlchemyStore._validate_max_results_param", "SqlAlchemyStore._check_run_is_active",
-                       "SqlAlchemyStore._get_run", "SqlAlchemyStore.sanitize_metric_value")),
+                       "SqlAlchemyStore._get_run", "SqlAlchemyStore.sanitize_metric_value",
+                       "SqlAlchemyStore.get_metric_history_bulk_interval")),
                    "mlflow.utils.mlflow_tags:_get_run_name_from_tags",
                    *(f"mlflow.utils.validation:{name}" for name in (
                        "_validate_batch_log_data", "_validate_batch_log_limits", "_validate_metric",
@@ -574,7 +620,8 @@ PATCHES = (
           touches=tuple(f"{AUTH_MODULE}:{name}" for name in (
               "AFTER_REQUEST_HANDLERS", "redact_get_run_model_links", "redact_search_runs_model_links"))),
     Patch("compact_json", _install_compact_json,
-          touches=("mlflow.server.handlers:message_to_json", f"{AUTH_MODULE}:message_to_json")),
+          touches=("mlflow.server.handlers:message_to_json", f"{AUTH_MODULE}:message_to_json",
+                   "mlflow.protos.service_pb2:GetMetricHistory", "mlflow.protos.service_pb2:GetMetricHistoryBulkInterval")),
     Patch("ping_on_demand", _install_ping_on_demand, verified={"sqlalchemy": ("2.1.9",)},
           touches=("sqlalchemy.dialects.postgresql.psycopg2:PGDialect_psycopg2.do_ping",)),
     Patch("readiness_probe", _install_readiness_probe,
