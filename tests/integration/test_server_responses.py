@@ -51,16 +51,20 @@ def _server_module(name: str):
     return module
 
 
-def test_metric_histories_are_encoded_to_mlflow_s_bytes():
-    """The chart view's answers skip MessageToDict (server_patches._plain_dict): every value a
-    point can hold comes out as MLflow's own encoder writes it."""
-    from mlflow.entities import Metric
+def test_runs_and_histories_are_encoded_to_mlflow_s_bytes():
+    """The answers of the experiment page, run page and chart view skip MessageToDict
+    (server_patches._plain_dict): every value they can hold comes out as MLflow's own encoder
+    writes it."""
+    from mlflow.entities import (Dataset, DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, Metric, Param,
+                                 Run, RunData, RunInfo, RunInputs, RunOutputs, RunTag)
     from mlflow.entities.metric import MetricWithRunId
-    from mlflow.protos.service_pb2 import GetMetricHistory, GetMetricHistoryBulkInterval, GetRun
+    from mlflow.protos.service_pb2 import (GetExperiment, GetMetricHistory, GetMetricHistoryBulkInterval, GetRun,
+                                           SearchRuns)
     from mlflow.utils.proto_json_utils import message_to_json
 
     server_patches = _server_module("server_patches")
-    plain = frozenset([GetMetricHistory.Response, GetMetricHistoryBulkInterval.Response])
+    plain = frozenset([GetMetricHistory.Response, GetMetricHistoryBulkInterval.Response, GetRun.Response,
+                       SearchRuns.Response])
     encode = server_patches._compact(message_to_json, plain)
     values = [0.0, -0.0, 0.1, 1.0, 100.0, 1e16, 1e-5, 5e-324, 1.7976931348623157e308, math.nan, math.inf, -math.inf]
     points = [Metric(f"loss/ü{i % 3}", value, 2 ** 63 - 1 - i, -i) for i, value in enumerate(values)]
@@ -70,10 +74,24 @@ def test_metric_histories_are_encoded_to_mlflow_s_bytes():
     history.metrics.add(key="only-a-key")  # unset fields stay out, as MessageToDict leaves them
     bulk = GetMetricHistoryBulkInterval.Response()
     bulk.metrics.extend([MetricWithRunId(point, f"run{i}").to_proto() for i, point in enumerate(points)])
-    for message in (history, bulk, GetMetricHistory.Response(), GetMetricHistoryBulkInterval.Response()):
+    runs = [Run(RunInfo(run_id=f"r{i}", experiment_id="7", user_id="ü", status=status, start_time=1_700_000_000_000,
+                        end_time=None if i else 2 ** 62, lifecycle_stage="active", artifact_uri="s3://b/7/r/artifacts",
+                        run_name=f"run {i}"),
+                RunData(metrics=points, params=[Param("lr", "0.01"), Param("empty", "")],
+                        tags=[RunTag("mlflow.note.content", "line\nbreak \"quoted\" \u2603")]),
+                RunInputs([DatasetInput(Dataset("coco", "d41d", "s3", '{"uri": "s3://d"}', "{}", None),
+                                        [InputTag("mlflow.data.context", "train")])],
+                          [LoggedModelInput("m-1")]),
+                RunOutputs([LoggedModelOutput("m-2", 3)]))
+            for i, status in enumerate(["RUNNING", "FINISHED", "FAILED", "KILLED", "SCHEDULED"])]
+    search = SearchRuns.Response(next_page_token="next")
+    search.runs.extend([run.to_proto() for run in runs])
+    for message in (history, bulk, search, GetRun.Response(run=runs[0].to_proto()), GetMetricHistory.Response(),
+                    GetMetricHistoryBulkInterval.Response(), SearchRuns.Response(), GetRun.Response()):
         assert encode(message) == message_to_json(message, pretty=False)
-    assert encode(GetRun.Response()) == "{}"  # anything else: MLflow's encoder, compact
+    assert encode(GetExperiment.Response()) == "{}"  # anything else: MLflow's encoder, compact
     assert '"value":"NaN"' in encode(bulk) and '"timestamp":9223372036854775807' in encode(bulk)
+    assert '"status":"KILLED"' in encode(search)
 
 
 @pytest.mark.patches_on_and_off
