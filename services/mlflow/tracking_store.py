@@ -34,8 +34,8 @@ every run's curve as MLflow does, in one statement and one sort where MLflow's s
 statements per run.
 
 tests/integration/test_server_tracking_store.py replays the same calls against this store and
-MLflow's on one PostgreSQL and requires identical rows, identical runs, identical search pages, identical sampled histories and
-identical errors.
+MLflow's on one PostgreSQL and requires identical rows, identical runs, identical search pages,
+identical sampled histories and identical errors.
 """
 
 import logging
