@@ -24,7 +24,8 @@ import posixpath
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 from mlflow import exceptions
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE, ErrorCode
+from mlflow.protos.databricks_pb2 import (INTERNAL_ERROR, INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST,
+                                          TEMPORARILY_UNAVAILABLE, ErrorCode)
 from mlflow.store.artifact.artifact_repo import StreamUploadMixin
 from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
 
@@ -44,6 +45,39 @@ class _UploadFromStream:
         self._s3_client.upload_fileobj(self._stream, Bucket, Key, ExtraArgs=ExtraArgs)
 
 
+class IncompleteUpload(exceptions.MlflowException):
+    def __init__(self, path, received, declared):
+        super().__init__(f"The upload of '{path}' ended after {received} of its {declared} bytes; nothing was "
+                         "stored", error_code=INVALID_PARAMETER_VALUE)
+
+
+class _DeclaredLengthBody:
+    """A request body that may not end before its Content-Length. gunicorn hands the application a
+    body that simply ends where the client stopped sending (it sets wsgi.input_terminated, so
+    werkzeug adds no check of its own), and boto3 then completed the upload: a client gone
+    mid-checkpoint, or cut off for sending too slowly, left a truncated object that read as the
+    whole artifact. Raising instead makes boto3 abort the upload (tests/integration/
+    test_server_hostile_input.py)."""
+
+    def __init__(self, stream, declared, path):
+        self._stream, self._declared, self._path = stream, declared, path
+        self._received = 0
+
+    def read(self, size=-1):
+        data = self._stream.read(size)
+        self._received += len(data)
+        if not data and size != 0 and self._received < self._declared:
+            raise IncompleteUpload(self._path, self._received, self._declared)
+        return data
+
+
+def _whole_body(stream, path):
+    from flask import has_request_context, request
+
+    declared = request.content_length if has_request_context() else None
+    return stream if declared is None else _DeclaredLengthBody(stream, declared, path)
+
+
 # S3's "no such object": NoSuchKey from a GET, a bare 404 from a HEAD (which boto3's download_file
 # sends first; HEAD answers carry no error body).
 _S3_NOT_FOUND_CODES = {"NoSuchKey", "404"}
@@ -61,7 +95,7 @@ class ArtifactStoreFailure(exceptions.MlflowException):
 
 
 _logger = logging.getLogger("gunicorn.error")
-_OWN_ERRORS = (ArtifactNotFound, ArtifactStoreFailure)
+_OWN_ERRORS = (ArtifactNotFound, ArtifactStoreFailure, IncompleteUpload)
 
 
 def _store_error_code(error):
@@ -136,8 +170,9 @@ class ProxiedS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
     def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
         bucket, key = self.parse_s3_compliant_uri(self.artifact_uri)
         key = posixpath.join(key, artifact_path or "", posixpath.basename(artifact_file_name))
-        with _store_errors("upload", posixpath.join(artifact_path or "", artifact_file_name)):
-            self._upload_file(s3_client=_UploadFromStream(self._get_s3_client(), stream),
+        path = posixpath.join(artifact_path or "", artifact_file_name)
+        with _store_errors("upload", path):
+            self._upload_file(s3_client=_UploadFromStream(self._get_s3_client(), _whole_body(stream, path)),
                               local_file=artifact_file_name, bucket=bucket, key=key)
 
     async def log_artifact_from_async_stream(self, chunks, artifact_file_name, artifact_path=None):

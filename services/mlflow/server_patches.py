@@ -76,6 +76,7 @@ new browsers: ui_defaults.py. Metric writes, run reads and searches in
 one or two PostgreSQL statements: tracking_store.py.
 """
 
+import contextlib
 import functools
 import importlib
 import json
@@ -83,6 +84,7 @@ import logging
 import math
 import os
 import select
+import socket
 import time
 import sys
 from dataclasses import dataclass, field
@@ -523,38 +525,48 @@ def _install_request_body_reads(_auth):
 REQUEST_HEADER_TIMEOUT_S = float(os.environ.get("GUNICORN_HEADER_TIMEOUT") or 5)
 
 
-def _install_request_header_deadline(_auth):
-    from gunicorn.http import errors, parser, unreader
+def _on_new_connections(stamp):
+    """``stamp(unreader, accepted_at)`` for each new connection's first request: the time limits on
+    a connection's first request count from its accept (monotonic seconds), so that clients queued
+    behind slow ones are cut as soon as a thread reaches them, instead of each getting a round."""
     from gunicorn.workers import gthread
 
     accept, start_parsing = gthread.TConn.__init__, gthread.TConn.init
-    receive, parse_next_request = unreader.SocketUnreader.chunk, parser.Parser.__next__
 
     @functools.wraps(accept)
-    def accept_with_deadline(self, *args, **kwargs):
+    def accept_timed(self, *args, **kwargs):
         accept(self, *args, **kwargs)
-        self.first_headers_deadline = time.monotonic() + REQUEST_HEADER_TIMEOUT_S
+        self.accepted_at = time.monotonic()
 
     @functools.wraps(start_parsing)
-    def start_parsing_by_deadline(self):
+    def start_parsing_stamped(self):
         new_parser = self.parser is None
         start_parsing(self)
         if new_parser and self.parser is not None:
-            self.parser.unreader.first_headers_deadline = self.first_headers_deadline
+            stamp(self.parser.unreader, self.accepted_at)
+
+    gthread.TConn.__init__, gthread.TConn.init = accept_timed, start_parsing_stamped
+
+
+def _install_request_header_deadline(_auth):
+    from gunicorn.http import errors, parser, unreader
+
+    receive, parse_next_request = unreader.SocketUnreader.chunk, parser.Parser.__next__
+    _on_new_connections(lambda reader, accepted_at: setattr(reader, "first_headers_deadline",
+                                                            accepted_at + REQUEST_HEADER_TIMEOUT_S))
 
     @functools.wraps(receive)
     def receive_before_deadline(self):
         deadline = getattr(self, "headers_deadline", None)
         if deadline is None:  # a body: its reads are the application's
             return receive(self)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise errors.NoMoreData()  # what gunicorn raises for a client gone mid-request: closed quietly
-        self.sock.settimeout(remaining)
+        # Past the deadline, only what has already arrived: a client whose request waited in the
+        # queue behind slow ones is not slow itself.
+        self.sock.settimeout(max(deadline - time.monotonic(), 0))
         try:
             return receive(self)
-        except TimeoutError:
-            raise errors.NoMoreData() from None
+        except (TimeoutError, BlockingIOError):
+            raise errors.NoMoreData() from None  # what gunicorn raises for a client gone mid-request: closed quietly
         finally:
             self.sock.settimeout(None)  # blocking again, as the worker thread expects
 
@@ -568,9 +580,62 @@ def _install_request_header_deadline(_auth):
         finally:
             self.unreader.headers_deadline = None
 
-    gthread.TConn.__init__, gthread.TConn.init = accept_with_deadline, start_parsing_by_deadline
     unreader.SocketUnreader.chunk = receive_before_deadline
     parser.Parser.__next__ = parse_next_request_by_deadline
+
+
+# --------------------------------------------------------------------------- request_body_min_rate
+
+# A request's body is read by the application in its worker thread, and gunicorn puts no time limit
+# on those reads: a client that declares a body and sends a byte now and then (slow-loris, body
+# variant) holds that thread as long as it likes, and workers x threads such clients stopped the
+# server answering anyone. A body may now take GUNICORN_BODY_TIMEOUT seconds plus one second for
+# every GUNICORN_BODY_MIN_RATE bytes that arrived (mod_reqtimeout's rule), counted like the headers'
+# deadline from the connection's accept for its first request, else from the end of its headers:
+# any upload that averages the rate goes through, however long and whatever pauses it has
+# (a multi-GB checkpoint over a slow link, a network blip mid-upload), a trickle is cut, and bytes
+# that wait in the socket are never cut however late the server reads them. A cut body
+# reads as the client having gone: the socket is shut, the application sees the body end early
+# (a 400 it cannot deliver), an upload to S3 is aborted, and the thread is free.
+REQUEST_BODY_TIMEOUT_S = float(os.environ.get("GUNICORN_BODY_TIMEOUT") or 5)
+REQUEST_BODY_MIN_RATE = float(os.environ.get("GUNICORN_BODY_MIN_RATE") or 1024)
+
+
+def _install_request_body_min_rate(_auth):
+    from gunicorn.http import parser, unreader
+
+    receive, parse_next_request = unreader.SocketUnreader.chunk, parser.Parser.__next__
+    _on_new_connections(lambda reader, accepted_at: setattr(reader, "first_body_clock", accepted_at))
+
+    @functools.wraps(parse_next_request)
+    def parse_then_time_the_body(self):
+        self.unreader.body_started = None  # headers, or the previous body's leftovers: not timed here
+        request = parse_next_request(self)
+        first_body_clock, self.unreader.first_body_clock = getattr(self.unreader, "first_body_clock", None), None
+        self.unreader.body_started, self.unreader.body_received = first_body_clock or time.monotonic(), 0
+        return request
+
+    @functools.wraps(receive)
+    def receive_at_the_minimum_rate(self):
+        started = getattr(self, "body_started", None)
+        if started is None or getattr(self, "headers_deadline", None) is not None:  # headers: their own deadline
+            return receive(self)
+        deadline = started + REQUEST_BODY_TIMEOUT_S + self.body_received / REQUEST_BODY_MIN_RATE
+        try:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0))  # past it: what has arrived
+            data = receive(self)
+        except (TimeoutError, BlockingIOError):
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            return b""
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(None)  # blocking again, as the worker thread expects
+        self.body_received += len(data)
+        return data
+
+    parser.Parser.__next__ = parse_then_time_the_body
+    unreader.SocketUnreader.chunk = receive_at_the_minimum_rate
 
 
 # --------------------------------------------------------------------------- the registry
@@ -651,5 +716,8 @@ PATCHES = (
           stage="gunicorn", touches=("gunicorn.workers.gthread:TConn.__init__", "gunicorn.workers.gthread:TConn.init",
                                      "gunicorn.http.unreader:SocketUnreader.chunk",
                                      "gunicorn.http.parser:Parser.__next__", "gunicorn.http.errors:NoMoreData")),
+    Patch("request_body_min_rate", _install_request_body_min_rate, verified={"gunicorn": ("26.2.0",)},
+          stage="gunicorn", touches=("gunicorn.workers.gthread:TConn.__init__", "gunicorn.workers.gthread:TConn.init",
+                                     "gunicorn.http.unreader:SocketUnreader.chunk", "gunicorn.http.parser:Parser.__next__")),
 )
 PATCHES_BY_NAME = {patch.name: patch for patch in PATCHES}

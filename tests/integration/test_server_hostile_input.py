@@ -11,6 +11,7 @@ import base64
 import contextlib
 import http.client
 import json
+import os
 import socket
 import threading
 import time
@@ -614,6 +615,38 @@ def test_a_gigantic_json_body_is_refused_before_it_is_read(tracking_server, team
     assert len(runs_after) == len(runs_before)
 
 
+# Twice as many slow clients as the harness server has worker threads (GUNICORN_WORKERS x
+# GUNICORN_THREADS at their defaults).
+SLOW_CLIENTS = 2 * 2 * 8
+
+
+def seconds_to_answer_while_clients_drip(server, member, openings, drip: bytes):
+    """Open a connection per request start in ``openings``, send ``drip`` on each once a second,
+    and time a normal call meanwhile; returns (its response, seconds)."""
+    connections = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in openings]
+    stop = threading.Event()
+
+    def drip_every_second():
+        while not stop.wait(1):
+            for connection in connections:
+                with contextlib.suppress(OSError):
+                    connection.sendall(drip)
+
+    try:
+        for connection, opening in zip(connections, openings):
+            connection.sendall(opening)
+        threading.Thread(target=drip_every_second, daemon=True).start()
+        time.sleep(1)
+        started = time.monotonic()
+        answered = requests.get(f"{server.url}{API}/experiments/get", auth=member.auth,
+                                params={"experiment_id": member.experiment_id}, timeout=30)
+        return answered, time.monotonic() - started
+    finally:
+        stop.set()
+        for connection in connections:
+            connection.close()
+
+
 def test_the_server_answers_others_while_slow_clients_hold_connections(tracking_server, team):
     """Slow-loris: twice as many clients as the server has worker threads (workers x threads) each
     send a request line and then one header line a second, never finishing. Found here: every
@@ -621,32 +654,68 @@ def test_the_server_answers_others_while_slow_clients_hold_connections(tracking_
     timed out). gunicorn's request_header_deadline patch cuts each off GUNICORN_HEADER_TIMEOUT
     (5 s) after it connected, so a normal call waits for at most one round of them."""
     member1, _ = team
-    slow_clients = 2 * 2 * 8  # 2 x the harness server's GUNICORN_WORKERS x GUNICORN_THREADS (the defaults)
-    connections = [socket.create_connection(("127.0.0.1", tracking_server.port), timeout=5) for _ in range(slow_clients)]
-    stop = threading.Event()
-
-    def send_a_header_line_a_second():
-        while not stop.wait(1):
-            for connection in connections:
-                with contextlib.suppress(OSError):
-                    connection.sendall(b"X-Slow: 1\r\n")
-
-    try:
-        for connection in connections:
-            connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        dripping = threading.Thread(target=send_a_header_line_a_second, daemon=True)
-        dripping.start()
-        time.sleep(1)
-        started = time.monotonic()
-        answered = requests.get(f"{tracking_server.url}{API}/experiments/get", auth=member1.auth,
-                                params={"experiment_id": member1.experiment_id}, timeout=30)
-        seconds = time.monotonic() - started
-    finally:
-        stop.set()
-        for connection in connections:
-            connection.close()
+    answered, seconds = seconds_to_answer_while_clients_drip(
+        tracking_server, member1, [b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"] * SLOW_CLIENTS, b"X-Slow: 1\r\n")
     assert answered.status_code == 200
     assert seconds < 5 + 3, f"answered after {seconds:.1f} s"
+
+
+def _request_head(server, auth, method, path, length) -> bytes:
+    credentials = base64.b64encode(":".join(auth).encode()).decode()
+    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Basic {credentials}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def test_the_server_answers_others_while_slow_bodies_trickle_in(tracking_server, team):
+    """Slow-loris with bodies: twice as many clients as the server has worker threads each send
+    complete headers declaring a 10 kB body, then one byte of it a second. Found here: the
+    application reads a body in its worker thread without a time limit, every thread waited on
+    them and the server stopped answering (a normal call timed out at 30 s). The patch
+    request_body_min_rate cuts a body that falls below GUNICORN_BODY_MIN_RATE (1 KiB/s) after
+    GUNICORN_BODY_TIMEOUT (5 s) counted from its connection's accept, so a normal call waits for
+    at most one round of them. Their uploads, cut short, leave no object behind (found here too:
+    each left a truncated object that read as complete)."""
+    member1, _ = team
+    openings = [_request_head(tracking_server, member1.auth, "POST", f"{API}/runs/search", 10_000) if index % 2 else
+                _request_head(tracking_server, member1.auth, "PUT", f"{PROXY}/{member1.artifact_root}/trickle-{index}.bin",
+                              10_000)
+                for index in range(SLOW_CLIENTS)]
+    answered, seconds = seconds_to_answer_while_clients_drip(tracking_server, member1, openings, b"x")
+    assert answered.status_code == 200
+    assert seconds < 5 + 6, f"answered after {seconds:.1f} s"
+    listed = ok(call(tracking_server, "GET", f"{API}/artifacts/list", member1.auth, params={"run_id": member1.run_id}))
+    assert not [entry for entry in listed.get("files", []) if entry["path"].startswith("trickle-")]  # no partial upload
+
+
+def test_an_upload_whose_client_goes_away_midway_leaves_nothing(tracking_server, team):
+    """Found here: a client that stopped halfway through a PUT (a crashed job, a dropped link)
+    left an object of the bytes that had arrived, listed and downloadable as the artifact."""
+    member1, _ = team
+    path = f"{PROXY}/{member1.artifact_root}/halfway.bin"
+    with socket.create_connection(("127.0.0.1", tracking_server.port), timeout=30) as connection:
+        connection.sendall(_request_head(tracking_server, member1.auth, "PUT", path, 1024 * 1024))
+        connection.sendall(os.urandom(300 * 1024))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the server notices the close when it reads on
+        assert call(tracking_server, "GET", path, member1.auth).status_code == 404
+        time.sleep(1)
+
+
+def test_an_upload_that_pauses_longer_than_the_body_timeout_still_arrives_whole(tracking_server, team):
+    """The body rule is a rate, not a deadline: an upload whose network stalls for longer than
+    GUNICORN_BODY_TIMEOUT after a good start (a blip mid-checkpoint) is kept and arrives whole."""
+    member1, _ = team
+    payload = os.urandom(2 * 1024 * 1024)
+    path = f"{PROXY}/{member1.artifact_root}/paused.bin"
+    with socket.create_connection(("127.0.0.1", tracking_server.port), timeout=60) as connection:
+        connection.sendall(_request_head(tracking_server, member1.auth, "PUT", path, len(payload)))
+        connection.sendall(payload[:len(payload) // 2])
+        time.sleep(8)  # > GUNICORN_BODY_TIMEOUT; 1 MiB already in allows ~1 000 s at 1 KiB/s
+        connection.sendall(payload[len(payload) // 2:])
+        answer = http.client.HTTPResponse(connection)
+        answer.begin()
+        assert answer.status == 200, answer.read()[:300]
+    assert call(tracking_server, "GET", path, member1.auth).content == payload
 
 
 @pytest.mark.parametrize("tag", [{"key": "note", "value": "v" * 100_000}, {"key": "k" * 300, "value": "v"}],

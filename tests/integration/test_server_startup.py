@@ -42,7 +42,8 @@ def test_empty_gunicorn_settings_mean_the_defaults(tracking_server_factory):
     # What compose passes for a variable left empty in .env (`${GUNICORN_TIMEOUT:-}` style).
     empty = dict.fromkeys(("GUNICORN_WORKERS", "GUNICORN_THREADS", "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT",
                            "GUNICORN_KEEPALIVE", "GUNICORN_MAX_REQUESTS", "GUNICORN_FORWARDED_ALLOW_IPS",
-                           "GUNICORN_LOG_LEVEL", "GUNICORN_ACCESS_LOG"), "")
+                           "GUNICORN_LOG_LEVEL", "GUNICORN_ACCESS_LOG", "GUNICORN_HEADER_TIMEOUT",
+                           "GUNICORN_BODY_TIMEOUT", "GUNICORN_BODY_MIN_RATE"), "")
     server = tracking_server_factory(**empty)
     try:
         assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
