@@ -1,6 +1,6 @@
 """What users wait for (issue 19): MLflow's own UI pages in headless Chromium, stock vs ours.
 
-    python -m bench.ui_speed [--quick|--full] [--steps N]
+    python -m bench.ui_speed [--quick|--full] [--steps N] [--api-only]
 
 A fresh stack (bench/stack.py: stock ``mlflow server`` and ours on one PostgreSQL) gets the
 workload of bench/ui_populate.py (20 experiments, 2 000 runs, 200 params and 40 metrics each),
@@ -29,6 +29,7 @@ import os
 import shutil
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
@@ -205,6 +206,31 @@ def time_call(session: requests.Session, method: str, url: str, repeats: int, **
             "n": repeats}
 
 
+def time_chart_view_burst(endpoint: Endpoint, api: str, run_ids: list[str], repeats: int) -> dict:
+    """What the chart view sends at once: one get-history-bulk-interval per training curve, each
+    on its own connection; the time until the last is answered."""
+    sessions = []
+    for _ in LONG_CURVES:
+        session = requests.Session()
+        session.auth = endpoint.auth
+        sessions.append(session)
+
+    def fetch(session_and_curve):
+        session, curve = session_and_curve
+        response = session.get(f"{api}/metrics/get-history-bulk-interval", timeout=600,
+                               params={"run_ids": run_ids, "metric_key": curve, "max_results": HISTORY_POINTS})
+        response.raise_for_status()
+        return len(response.content)
+
+    samples, size = [], 0
+    with ThreadPoolExecutor(len(LONG_CURVES)) as pool:
+        for _ in range(repeats + 1):  # the first burst warms every session's connection
+            t0 = time.perf_counter()
+            size = sum(pool.map(fetch, zip(sessions, LONG_CURVES)))
+            samples.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": statistics.median(samples[1:]), "max_ms": max(samples[1:]), "bytes": size, "n": repeats}
+
+
 def api_calls(endpoint: Endpoint, experiment_ids: list[str], run_ids: list[str], repeats: int) -> dict:
     session = requests.Session()
     session.auth = endpoint.auth
@@ -215,6 +241,8 @@ def api_calls(endpoint: Endpoint, experiment_ids: list[str], run_ids: list[str],
         "get-history-bulk-interval (10 runs, 1 curve)": time_call(
             session, "GET", f"{api}/metrics/get-history-bulk-interval", repeats,
             params={"run_ids": ten_runs, "metric_key": curve, "max_results": HISTORY_POINTS}),
+        f"chart view burst: {len(LONG_CURVES)} of those at once, until the last answer": time_chart_view_burst(
+            endpoint, api, ten_runs, repeats),
         "metrics/get-history (1 run, 1 curve)": time_call(
             session, "GET", f"{api}/metrics/get-history", repeats,
             params={"run_id": run_ids[-1], "metric_key": curve}),
@@ -248,7 +276,9 @@ def check_stock_reads_it(endpoint: Endpoint, experiment_ids: list[str], run_ids:
 def main() -> None:
     args = parse_args(__doc__, lambda p: (
         p.add_argument("--steps", type=int, help="points per training curve (default 1000, --quick 200)"),
-        p.add_argument("--runs", type=int, default=2000)))
+        p.add_argument("--runs", type=int, default=2000),
+        p.add_argument("--api-only", action="store_true",
+                       help="only the REST calls behind the pages (no browser): a store change's own figure")))
     steps = args.steps or (1000 if args.full else 200)
     repeats = 10 if args.full else 3
     from playwright.sync_api import sync_playwright
@@ -262,19 +292,23 @@ def main() -> None:
         experiment_runs = workload.run_ids[EXPERIMENTS - 1::EXPERIMENTS]
         browser_results, api_results = {}, {}
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            browser = None if args.api_only else playwright.chromium.launch(executable_path=chromium_path(),
+                                                                              args=CHROMIUM_ARGS)
             # Page by page, stock then ours: load from the machine's other work falls on both alike.
-            for name in Pages.shown:
+            for name in Pages.shown if browser else ():
                 for endpoint in stack.endpoints:
                     url = Pages(endpoint, experiment_id, experiment_runs).urls[name]
                     browser_results.setdefault(endpoint.name, {})[name] = browse(browser, endpoint, name, url)
-            browser.close()
+            if browser:
+                browser.close()
         for endpoint in stack.endpoints:
             api_results[endpoint.name] = api_calls(endpoint, workload.experiment_ids, workload.run_ids, repeats)
         tracebacks = {e.name: stack.server_log_tracebacks(e) for e in stack.endpoints}
 
-    tables = [_browser_table(browser_results, args.runs, steps), _api_table(api_results, args.runs, steps)]
-    save("ui_speed", args.full, tables, {
+    tables = [_api_table(api_results, args.runs, steps)]
+    if browser_results:
+        tables.insert(0, _browser_table(browser_results, args.runs, steps))
+    save("ui_speed_api" if args.api_only else "ui_speed", args.full, tables, {
         "runs": args.runs, "steps": steps, "metric_rows": workload.metric_rows,
         "populate_s": workload.seconds, "browser": browser_results, "api": api_results,
         "server_tracebacks": tracebacks})
