@@ -14,7 +14,8 @@ PATCH_TESTS = {
     "run_attribution": [("test_server_run_attribution", ())],
     "hostile_input": [("test_server_hostile_input", ())],
     "s3_artifact_repository": [("test_server_artifact_not_found", ()),
-                               ("test_server_artifacts", ("proxied_upload", "round_trips"))],
+                               ("test_server_artifacts", ("proxied_upload", "round_trips")),
+                               ("test_server_hostile_input", ("goes_away_midway",))],
     "tracking_store": [("test_server_tracking_store", ())],
     "auth_cached_caller": [("test_server_auth", ("admin", "logged_in", "password"))],
     "model_link_redaction_skip": [("test_server_auth", ("links_to_logged_models",))],
@@ -25,6 +26,7 @@ PATCH_TESTS = {
     "ui_defaults": [("test_server_ui_defaults", ())],
     "request_body_reads": [("test_server_artifacts", ("proxied_upload", "round_trips"))],
     "request_header_deadline": [("test_server_hostile_input", ("slow_clients",))],
+    "request_body_min_rate": [("test_server_hostile_input", ("slow_bodies", "pauses_longer"))],
 }
 
 
