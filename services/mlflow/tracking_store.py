@@ -1,6 +1,5 @@
 """The tracking store the cvops server runs: MLflow 3.17.2's SQL store, with metric writes and run
-reads each done in one PostgreSQL statement, searches in two, and the chart view's sampled
-histories in one.
+reads each done in one PostgreSQL statement, and searches in two.
 
 Metrics are what training jobs send most (every trainer, every flush). MLflow's store writes them
 through the ORM: it loads the run, reads and row-locks the run's ``latest_metrics`` for the
@@ -29,13 +28,9 @@ params and tags as ORM objects (then expiring them all at commit) and without th
 inputs and outputs: 71 % of a worker's time serving a page of 10 typical runs (py-spy). The same
 statement as ``get_run`` then reads the page's runs.
 
-``get_metric_history_bulk_interval`` (the chart view: one call per curve, 10 runs each) samples
-every run's curve as MLflow does, in one statement and one sort where MLflow's store sends two
-statements per run.
-
 tests/integration/test_server_tracking_store.py replays the same calls against this store and
-MLflow's on one PostgreSQL and requires identical rows, identical runs, identical search pages,
-identical sampled histories and identical errors.
+MLflow's on one PostgreSQL and requires identical rows, identical runs, identical search pages and
+identical errors.
 """
 
 import logging
@@ -57,7 +52,6 @@ from mlflow.entities import (
     RunOutputs,
     RunTag,
 )
-from mlflow.entities.metric import MetricWithRunId
 from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
@@ -164,50 +158,6 @@ SELECT run.run_uuid, run.name, run.experiment_id, run.user_id, run.status, run.s
   FROM runs AS run WHERE run.run_uuid = ANY(CAST(:run_ids AS varchar[]))
 """)
 
-# The chart view's history, sampled as MLflow samples it (SqlAlchemyStore.
-# _sample_rows_with_window_functions), for every requested run in one statement and one sort
-# instead of two statements and three sorts per run. MLflow keeps the first point of each of
-# NTILE(max_results)'s buckets over the run's points ordered by (step, timestamp, value, is_nan),
-# plus the last point (_sampled_history). NTILE gives the first total % n buckets total / n + 1
-# points and the others total / n, so where each bucket starts follows from a point's position.
-_SAMPLED_HISTORY_SQL = text("""
-WITH points AS (
-    SELECT run_uuid, value, timestamp, step, is_nan,
-           row_number() OVER (PARTITION BY run_uuid ORDER BY step, timestamp, value, is_nan) - 1 AS position,
-           count(*) OVER (PARTITION BY run_uuid) AS total
-      FROM metrics
-     WHERE run_uuid = ANY(CAST(:run_ids AS varchar[])) AND key = :key
-       AND (CAST(:start_step AS bigint) IS NULL OR step BETWEEN :start_step AND :end_step)
-), bucketed AS (
-    SELECT *, total / :max_results AS small, total % :max_results AS large_buckets FROM points
-), marked AS (
-    SELECT run_uuid, value, timestamp, step, is_nan, position,
-           CASE WHEN position < large_buckets * (small + 1) THEN position % (small + 1) = 0
-                ELSE (position - large_buckets * (small + 1)) % small = 0 END AS sampled,
-           position = total - 1 AS last
-      FROM bucketed
-)
-SELECT run_uuid, value, timestamp, step, is_nan, sampled, last
-  FROM marked WHERE sampled OR last
- ORDER BY run_uuid, position
-""")
-
-
-def _sampled_history(rows, max_results):
-    """One run's rows of _SAMPLED_HISTORY_SQL as MLflow's sampling returns them."""
-    sampled = [row for row in rows if row.sampled]
-    last = next((row for row in rows if row.last), None)
-
-    def identity(row):
-        return row.step, row.timestamp, None if row.is_nan else row.value, row.is_nan
-
-    if last is not None and (not sampled or identity(sampled[-1]) != identity(last)):
-        if len(sampled) >= max_results:
-            sampled[-1] = last
-        else:
-            sampled.append(last)
-    return sampled
-
 
 def _run_from_row(row, with_model_inputs: bool = True) -> Run:
     """The Run that MLflow's SqlRun.to_mlflow_entity plus its input and output lookups build
@@ -251,23 +201,6 @@ class PostgresTrackingStore(SqlAlchemyStore):
         if row is None:
             return super().get_run(run_id)  # raises MLflow's "not found"
         return _run_from_row(row)
-
-    def get_metric_history_bulk_interval(self, run_ids, metric_key, max_results, start_step, end_step):
-        if (start_step is None) != (end_step is None):
-            return super().get_metric_history_bulk_interval(run_ids, metric_key, max_results, start_step, end_step)
-        max_results = max(1, max_results)
-        with self.ManagedSessionMaker() as session:
-            rows_by_run = {}
-            for row in session.execute(_SAMPLED_HISTORY_SQL, {
-                    "run_ids": list(run_ids), "key": metric_key, "max_results": max_results,
-                    "start_step": start_step, "end_step": end_step}):
-                rows_by_run.setdefault(row.run_uuid, []).append(row)
-        # In the order the runs were asked for, a run asked for twice twice, as MLflow's loop does.
-        return [MetricWithRunId(run_id=run_id, metric=Metric(key=metric_key,
-                                                              value=float("nan") if row.is_nan else row.value,
-                                                              timestamp=row.timestamp, step=row.step))
-                for run_id in run_ids
-                for row in _sampled_history(rows_by_run.get(run_id, ()), max_results)]
 
     def _search_runs(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token):
         self._validate_max_results_param(max_results, allow_null=True)
