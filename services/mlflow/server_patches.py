@@ -548,6 +548,20 @@ def _on_new_connections(stamp):
     gthread.TConn.__init__, gthread.TConn.init = accept_timed, start_parsing_stamped
 
 
+def _receive_by(reader, receive, deadline):
+    """``receive(reader)`` (one socket read) by ``deadline`` (monotonic seconds); past it, only what
+    has already arrived: a client whose request waited in the queue behind slow ones is not slow
+    itself. TimeoutError when nothing came in time."""
+    reader.sock.settimeout(max(deadline - time.monotonic(), 0))
+    try:
+        return receive(reader)
+    except BlockingIOError:  # past the deadline, and nothing waiting
+        raise TimeoutError from None
+    finally:
+        with contextlib.suppress(OSError):
+            reader.sock.settimeout(None)  # blocking again, as the worker thread expects
+
+
 def _install_request_header_deadline(_auth):
     from gunicorn.http import errors, parser, unreader
 
@@ -560,15 +574,10 @@ def _install_request_header_deadline(_auth):
         deadline = getattr(self, "headers_deadline", None)
         if deadline is None:  # a body: its reads are the application's
             return receive(self)
-        # Past the deadline, only what has already arrived: a client whose request waited in the
-        # queue behind slow ones is not slow itself.
-        self.sock.settimeout(max(deadline - time.monotonic(), 0))
         try:
-            return receive(self)
-        except (TimeoutError, BlockingIOError):
+            return _receive_by(self, receive, deadline)
+        except TimeoutError:
             raise errors.NoMoreData() from None  # what gunicorn raises for a client gone mid-request: closed quietly
-        finally:
-            self.sock.settimeout(None)  # blocking again, as the worker thread expects
 
     @functools.wraps(parse_next_request)
     def parse_next_request_by_deadline(self):
@@ -620,17 +629,13 @@ def _install_request_body_min_rate(_auth):
         started = getattr(self, "body_started", None)
         if started is None or getattr(self, "headers_deadline", None) is not None:  # headers: their own deadline
             return receive(self)
-        deadline = started + REQUEST_BODY_TIMEOUT_S + self.body_received / REQUEST_BODY_MIN_RATE
         try:
-            self.sock.settimeout(max(deadline - time.monotonic(), 0))  # past it: what has arrived
-            data = receive(self)
-        except (TimeoutError, BlockingIOError):
+            data = _receive_by(self, receive,
+                               started + REQUEST_BODY_TIMEOUT_S + self.body_received / REQUEST_BODY_MIN_RATE)
+        except TimeoutError:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
             return b""
-        finally:
-            with contextlib.suppress(OSError):
-                self.sock.settimeout(None)  # blocking again, as the worker thread expects
         self.body_received += len(data)
         return data
 
