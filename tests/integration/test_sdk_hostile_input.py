@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -43,3 +44,28 @@ def test_a_job_s_run_records_no_secret_and_survives_bad_metric_values(tracking_s
     output = capfd.readouterr()
     assert password not in output.out + output.err + caplog.text
     assert "huge" in caplog.text  # the skipped value is named in the warning
+
+
+def test_a_step_or_timestamp_that_is_not_a_whole_64_bit_number_is_refused_at_the_call(tracking_server, tmp_path,
+                                                                                     monkeypatch):
+    """Found fuzzing the SDK's input (tests/unit/test_sdk_run.py): ``int()`` stored a step of 3.7
+    as 3, and a step beyond 64 bits went to the server, which refused the record, the call's
+    other metrics with it, long after the call had returned. Both are refused at the call now,
+    naming the field; the extremes MLflow can store are stored as given."""
+    use_sdk_env(monkeypatch, tracking_server, tmp_path)
+    int64_min, int64_max = -2**63, 2**63 - 1
+    with cvops.start_run(experiment="sdk-hostile", run_name="steps") as run:
+        for step in (3.7, 2**63, "7"):
+            with pytest.raises(ValueError, match="metric's step must be a whole number"):
+                run.log_metrics({"loss": 1.0, "accuracy": 0.5}, step=step)
+        with pytest.raises(ValueError, match="metric's timestamp_ms must be a whole number"):
+            run.log_metrics({"loss": 1.0, "accuracy": 0.5}, step=1, timestamp_ms=2**64)
+        run.log_metrics({"loss": 0.25}, step=int64_min, timestamp_ms=0)
+        run.log_metrics({"loss": 0.5}, step=int64_max, timestamp_ms=int64_max)
+        run.log_metrics({"loss": 0.75}, step=np.int64(4), timestamp_ms=np.float64(1_700_000_000_000.0))
+
+    client = MlflowClient(tracking_server.url)
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    stored = sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run.run_id, "loss"))
+    assert stored == [(int64_min, 0, 0.25), (4, 1_700_000_000_000, 0.75), (int64_max, int64_max, 0.5)]
+    assert not client.get_metric_history(run.run_id, "accuracy")

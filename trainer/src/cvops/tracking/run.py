@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import math
+import operator
 import os
 import shutil
 import signal
@@ -42,6 +43,31 @@ FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+_INT64 = range(-2**63, 2**63)
+
+
+def whole_number(field: str, value: Any) -> int:
+    """A metric point's step or timestamp as MLflow stores it, a 64-bit integer: ints and the
+    frameworks' integer scalars, or floats with nothing after the point. Anything else is a
+    ValueError naming the field, at the call: ``int()`` cut 3.7 to 3 without a word, and a value
+    beyond 64 bits was refused by the server later, taking the call's other metrics with it."""
+    number = None
+    if not isinstance(value, (str, bytes)):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            try:
+                as_float = float(value)
+            except (TypeError, ValueError, OverflowError):
+                as_float = math.nan
+            if as_float.is_integer() and int(as_float) == value:  # a Decimal float() rounded is not taken
+                number = int(as_float)
+    if number is None or number not in _INT64:
+        raise ValueError(f"cvops: a metric's {field} must be a whole number from -2**63 to 2**63-1; "
+                         f"got {value!r} ({type(value).__name__})")
+    return number
 
 
 # --------------------------------------------------------------------------- process-wide state
@@ -231,9 +257,11 @@ class Run:
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None,
                     timestamp_ms: int | None = None) -> None:
-        """Enqueue metric points; returns immediately. NaN/Inf are logged as such (and counted)."""
-        timestamp = int(timestamp_ms) if timestamp_ms is not None else _now_ms()
-        step = int(step) if step is not None else 0
+        """Enqueue metric points; returns immediately. NaN/Inf are logged as such (and counted), a
+        value that is not a number is skipped with a warning; a ``step`` or ``timestamp_ms`` that
+        is not a whole 64-bit number raises ValueError (:func:`whole_number`)."""
+        timestamp = whole_number("timestamp_ms", timestamp_ms) if timestamp_ms is not None else _now_ms()
+        step = whole_number("step", step) if step is not None else 0
         points = []
         for name, value in metrics.items():
             try:
