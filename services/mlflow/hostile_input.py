@@ -33,6 +33,10 @@ whether the caller may read something: admins may read everything.
   nothing about which ids exist.
 * **A request body nested too deeply is invalid JSON**: MLflow's 400, where the RecursionError of
   Python's parser escaped as Flask's HTML 500.
+* **A body that is a JSON string must hold a JSON object**: MLflow still reads such bodies (older
+  clients encoded twice) with a JSON reader of its own, so a string holding deep nesting, invalid
+  JSON or a bare word was Flask's HTML 500. It is read here first, depth-limited, and refused
+  with a 400 unless it holds an object.
 * **A new run's tags are within MLflow's limits** (a 250-character key, an 8000-character value,
   as set-tag checks them): runs/create checked neither, and an oversized value came back as a 400
   quoting the database's error and the ``INSERT INTO tags`` statement.
@@ -54,7 +58,7 @@ import functools
 import re
 import urllib.parse
 
-from flask import jsonify, request
+from flask import current_app, jsonify, request
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 
@@ -265,6 +269,32 @@ def refuse_oversized_body():
     return refusal
 
 
+def _json_error_400(message: str):
+    refusal = jsonify(error_code="INVALID_PARAMETER_VALUE", message=message)
+    refusal.status_code = 400
+    return refusal
+
+
+def refuse_a_string_body_without_an_object():
+    """A before-request hook, second after refuse_oversized_body: a JSON body that is a string is
+    read again as MLflow's handlers will read it, but depth-limited, and refused unless it holds
+    a JSON object."""
+    if _PROXY_ROUTE.search(request.path) or not request.is_json:
+        return None
+    body = request.get_json(silent=True)
+    if not isinstance(body, str):
+        return None
+    try:
+        inner = current_app.json.loads(body)
+    except ValueError as error:
+        return _json_error_400(f"The request body is a JSON string that does not hold valid JSON ({error}); "
+                               "send the JSON object itself")
+    if not isinstance(inner, dict):
+        return _json_error_400("The request body is a JSON string that does not hold a JSON object; "
+                               "send the JSON object itself")
+    return None
+
+
 def refuse_hostile_request(store: ArtifactStore) -> None:
     """The before-request hook (wrapped by MLflow's catch_mlflow_exception, which turns the
     refusals into MLflow's JSON errors)."""
@@ -325,4 +355,4 @@ def install(app, auth, destination: str) -> None:
         refuse_hostile_request(store)
 
     app.before_request(refuse_hostile_input)
-    app.before_request_funcs.setdefault(None, []).insert(0, refuse_oversized_body)
+    app.before_request_funcs.setdefault(None, [])[:0] = [refuse_oversized_body, refuse_a_string_body_without_an_object]

@@ -552,6 +552,12 @@ MALFORMED = {
     "deeply-nested": ("/experiments/create", '{"name": "x", "tags": ' + "[" * DEEP + "]" * DEEP + "}"),
     "deeply-nested-source": ("/model-versions/create", '{"name": "x", "source": ' + "[" * DEEP + "]" * DEEP + "}"),
     "deeply-nested-metric": ("/runs/log-metric", '{"key": ' + "[" * DEEP + "]" * DEEP + "}"),
+    # MLflow still reads a body that is a JSON string holding the JSON (older clients encoded
+    # twice), with a JSON reader of its own.
+    "deeply-nested-in-a-string": ("/experiments/create",
+                                  json.dumps('{"name": "x", "tags": ' + "[" * DEEP + "]" * DEEP + "}")),
+    "deeply-nested-in-a-string-metric": ("/runs/log-metric", json.dumps('{"key": ' + "[" * DEEP + "]" * DEEP + "}")),
+    "a-string-not-json": ("/runs/log-metric", json.dumps("run_id")),
 }
 
 
@@ -559,7 +565,7 @@ MALFORMED = {
 def test_malformed_bodies_get_a_json_400(tracking_server, team, kind):
     """Each is refused with MLflow's JSON error (400), never a 500 or Flask's HTML page, and the
     server keeps answering. Found here: a body nested deeper than Python's recursion limit was
-    Flask's HTML 500."""
+    Flask's HTML 500, and so was a body that is a JSON string holding deep nesting or no JSON."""
     member1, _ = team
     path, body = MALFORMED[kind]
     response = call(tracking_server, "POST", f"{API}{path}", member1.auth, data=body,
@@ -568,6 +574,16 @@ def test_malformed_bodies_get_a_json_400(tracking_server, team, kind):
     assert response.json()["error_code"] in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")
     assert call(tracking_server, "GET", f"{API}/experiments/get", member1.auth,
                 params={"experiment_id": member1.experiment_id}).status_code == 200
+
+
+def test_a_body_encoded_twice_as_older_clients_send_it_still_works(tracking_server):
+    """The string bodies refused above are refused for what they hold: one holding a JSON object
+    is still read, as MLflow reads it."""
+    name = f"twice-{uuid.uuid4().hex[:8]}"
+    response = call(tracking_server, "POST", f"{API}/experiments/create", tracking_server.admin_auth,
+                    data=json.dumps(json.dumps({"name": name})), headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert not nothing_named(tracking_server, name)
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
