@@ -689,7 +689,8 @@ PATCHES = (
                        "SqlAlchemyStore._search_runs", "SqlAlchemyStore._log_metrics",
                        "SqlAlchemyStore._log_metrics_once", "SqlAlchemyStore._filter_experiment_ids",
                        "SqlAlchemyStore._validate_max_results_param", "SqlAlchemyStore._check_run_is_active",
-                       "SqlAlchemyStore._get_run", "SqlAlchemyStore.sanitize_metric_value")),
+                       "SqlAlchemyStore._get_run", "SqlAlchemyStore.sanitize_metric_value",
+                       "SqlAlchemyStore.get_metric_history_bulk_interval")),
                    "mlflow.utils.mlflow_tags:_get_run_name_from_tags",
                    *(f"mlflow.utils.validation:{name}" for name in (
                        "_validate_batch_log_data", "_validate_batch_log_limits", "_validate_metric",

@@ -1,5 +1,6 @@
 """The tracking store the cvops server runs: MLflow 3.17.2's SQL store, with metric writes and run
-reads each done in one PostgreSQL statement, and searches in two.
+reads each done in one PostgreSQL statement, searches in two, and the chart view's sampled
+histories in one.
 
 Metrics are what training jobs send most (every trainer, every flush). MLflow's store writes them
 through the ORM: it loads the run, reads and row-locks the run's ``latest_metrics`` for the
@@ -28,9 +29,13 @@ params and tags as ORM objects (then expiring them all at commit) and without th
 inputs and outputs: 71 % of a worker's time serving a page of 10 typical runs (py-spy). The same
 statement as ``get_run`` then reads the page's runs.
 
+``get_metric_history_bulk_interval`` (the chart view: one call per curve, 10 runs each) samples
+every run's curve as MLflow does, in one statement where MLflow's store sends two statements per
+run.
+
 tests/integration/test_server_tracking_store.py replays the same calls against this store and
-MLflow's on one PostgreSQL and requires identical rows, identical runs, identical search pages and
-identical errors.
+MLflow's on one PostgreSQL and requires identical rows, identical runs, identical search pages,
+identical sampled histories and identical errors.
 """
 
 import logging
@@ -52,6 +57,7 @@ from mlflow.entities import (
     RunOutputs,
     RunTag,
 )
+from mlflow.entities.metric import MetricWithRunId
 from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
@@ -158,6 +164,53 @@ SELECT run.run_uuid, run.name, run.experiment_id, run.user_id, run.status, run.s
   FROM runs AS run WHERE run.run_uuid = ANY(CAST(:run_ids AS varchar[]))
 """)
 
+# The chart view's history, sampled as MLflow samples it (SqlAlchemyStore.
+# _sample_rows_with_window_functions), for every requested run in one statement instead of two
+# statements and three sorts per run. MLflow keeps the first point of each of NTILE(max_results)'s
+# buckets over the run's points ordered by (step, timestamp, value, is_nan), plus the last point
+# (_sampled_history). NTILE gives the first total % n buckets total / n + 1 points and the others
+# total / n, so where each bucket starts follows from a point's position. Each run is read on its
+# own (LATERAL), as MLflow's query reads it: filtering all runs by key first reads every run's
+# curve of that name (86 ms against 57 at 4 000 steps, bench/ui_speed.py).
+_SAMPLED_HISTORY_SQL = text("""
+SELECT asked.run_uuid, point.value, point.timestamp, point.step, point.is_nan, point.sampled, point.last
+  FROM (SELECT DISTINCT unnest(CAST(:run_ids AS varchar[])) AS run_uuid) AS asked
+ CROSS JOIN LATERAL (
+    SELECT value, timestamp, step, is_nan, position,
+           CASE WHEN position < large_buckets * (small + 1) THEN position % (small + 1) = 0
+                ELSE (position - large_buckets * (small + 1)) % small = 0 END AS sampled,
+           position = total - 1 AS last
+      FROM (SELECT value, timestamp, step, is_nan, position, total,
+                   total / :max_results AS small, total % :max_results AS large_buckets
+              FROM (SELECT value, timestamp, step, is_nan,
+                           row_number() OVER (ORDER BY step, timestamp, value, is_nan) - 1 AS position,
+                           count(*) OVER () AS total
+                      FROM metrics
+                     WHERE run_uuid = asked.run_uuid AND key = :key
+                       AND (CAST(:start_step AS bigint) IS NULL OR step BETWEEN :start_step AND :end_step)
+                   ) AS points
+           ) AS bucketed
+ ) AS point
+ WHERE point.sampled OR point.last
+ ORDER BY asked.run_uuid, point.position
+""")
+
+
+def _sampled_history(rows, max_results):
+    """One run's rows of _SAMPLED_HISTORY_SQL as MLflow's sampling returns them."""
+    sampled = [row for row in rows if row.sampled]
+    last = next((row for row in rows if row.last), None)
+
+    def identity(row):
+        return row.step, row.timestamp, None if row.is_nan else row.value, row.is_nan
+
+    if last is not None and (not sampled or identity(sampled[-1]) != identity(last)):
+        if len(sampled) >= max_results:
+            sampled[-1] = last
+        else:
+            sampled.append(last)
+    return sampled
+
 
 def _run_from_row(row, with_model_inputs: bool = True) -> Run:
     """The Run that MLflow's SqlRun.to_mlflow_entity plus its input and output lookups build
@@ -201,6 +254,23 @@ class PostgresTrackingStore(SqlAlchemyStore):
         if row is None:
             return super().get_run(run_id)  # raises MLflow's "not found"
         return _run_from_row(row)
+
+    def get_metric_history_bulk_interval(self, run_ids, metric_key, max_results, start_step, end_step):
+        if (start_step is None) != (end_step is None):
+            return super().get_metric_history_bulk_interval(run_ids, metric_key, max_results, start_step, end_step)
+        max_results = max(1, max_results)
+        with self.ManagedSessionMaker() as session:
+            rows_by_run = {}
+            for row in session.execute(_SAMPLED_HISTORY_SQL, {
+                    "run_ids": list(run_ids), "key": metric_key, "max_results": max_results,
+                    "start_step": start_step, "end_step": end_step}):
+                rows_by_run.setdefault(row.run_uuid, []).append(row)
+        # In the order the runs were asked for, a run asked for twice twice, as MLflow's loop does.
+        return [MetricWithRunId(run_id=run_id, metric=Metric(key=metric_key,
+                                                              value=float("nan") if row.is_nan else row.value,
+                                                              timestamp=row.timestamp, step=row.step))
+                for run_id in run_ids
+                for row in _sampled_history(rows_by_run.get(run_id, ()), max_results)]
 
     def _search_runs(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token):
         self._validate_max_results_param(max_results, allow_null=True)

@@ -504,3 +504,57 @@ def test_the_server_answers_503_while_postgres_is_down(tracking_server, postgres
             assert response.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
     for auth in (tracking_server.admin_auth, member):
         assert requests.get(get_run, params={"run_id": run_id}, auth=auth, timeout=30).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def histories(postgres, tmp_path_factory):
+    """Both stores on one database holding curves of every length around the chart view's 320
+    points, with repeated steps, many points on one step, NaN and infinities; returns (stores by
+    name, run ids: the curves, then a deleted run's)."""
+    database, mlflow_store = _new_store(postgres, SqlAlchemyStore, str(tmp_path_factory.mktemp("histories")))
+    cvops_store = tracking_store.PostgresTrackingStore(postgres.url(database), mlflow_store.artifact_root_uri)
+    experiment_id = mlflow_store.create_experiment(f"curves-{uuid.uuid4().hex[:6]}")
+    rng = random.Random(20261130)
+    values = [0.0, -0.0, 0.5, 1.0, 1e-12, -3.0, math.nan, math.inf, -math.inf]
+    run_ids = []
+    for length in (0, 1, 2, 3, 319, 320, 321, 641, 1000):
+        run_id = mlflow_store.create_run(experiment_id, "tester", 0, [], f"n{length}").info.run_id
+        points = [Metric("loss", rng.choice(values) if rng.random() < 0.2 else rng.random(),
+                         1_700_000_000_000 + rng.randint(0, 3), step)
+                  for step in sorted(rng.randint(-2, length) for _ in range(length))]  # steps repeat
+        points += [Metric("lr", 0.1, 1_700_000_000_000, 0)]  # another key, never in the answer
+        for start in range(0, len(points), 1000):
+            mlflow_store.log_batch(run_id, points[start:start + 1000], [], [])
+        run_ids.append(run_id)
+    one_step = mlflow_store.create_run(experiment_id, "tester", 0, [], "one-step").info.run_id
+    mlflow_store.log_batch(one_step, [Metric("loss", rng.random(), 1_700_000_000_000 + i, 0) for i in range(700)], [], [])
+    deleted = mlflow_store.create_run(experiment_id, "tester", 0, [], "deleted").info.run_id
+    mlflow_store.log_batch(deleted, [Metric("loss", 1.0, 1, step) for step in range(5)], [], [])
+    mlflow_store.delete_run(deleted)
+    return {"mlflow": mlflow_store, "cvops": cvops_store}, [*run_ids, one_step, deleted]
+
+
+def _sampled(store, *args):
+    try:
+        return [(metric.run_id, metric.key, repr(metric.value), metric.timestamp, metric.step)
+                for metric in store.get_metric_history_bulk_interval(*args)]
+    except MlflowException as error:
+        return f"{error.error_code}: {error.message}"
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def test_sampled_histories_are_mlflow_s(histories):
+    """get-history-bulk-interval, what the chart view asks per curve: the same points of the same
+    runs in the same order, for every sample size and step window the UI can ask for."""
+    stores, run_ids = histories
+    requests_made = [(run_ids, "loss"), (run_ids[::-1] + run_ids[:2], "loss"), (run_ids[:3] + ["no-such-run"], "loss"),
+                     (run_ids, "no-such-metric"), ([], "loss"), (["ab\x00cd"], "loss")]
+    windows = [(None, None), (0, 0), (3, 700), (-2, 10 ** 12), (500, 400), (5, None)]
+    for asked, key in requests_made:
+        for max_results in (1, 2, 3, 10, 320, 5000):
+            for start_step, end_step in windows:
+                answers = {name: _sampled(store, asked, key, max_results, start_step, end_step)
+                           for name, store in stores.items()}
+                assert answers["cvops"] == answers["mlflow"], (len(asked), key, max_results, start_step, end_step)
+    assert len(_sampled(stores["cvops"], run_ids, "loss", 320, None, None)) > 1500  # a real sample, not nothing
