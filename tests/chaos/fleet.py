@@ -1,8 +1,9 @@
 """N trainer processes logging through the cvops SDK, and the check that the server stored every point.
 
 Shared by the chaos tier's faults on the harness's stack (test_faults.py) and on the compose stack
-(tests/compose/test_chaos_restart.py). ``server`` is anything with ``url``, ``admin_username`` and
-``admin_password``.
+(tests/compose/test_chaos_*.py), with what an operator watches meanwhile (OperatorView) and the
+UI's load (UiLoad). ``server`` is anything with ``url``, ``admin_username``, ``admin_password``
+and ``admin_auth``.
 """
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 from mlflow import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.fixtures import REPO_ROOT
 
@@ -120,3 +123,121 @@ def report(fault: str, points: int, trainers: list[Trainer], **figures) -> None:
     extra = " ".join(f"{key}={value}" for key, value in figures.items())
     print(f"\n[chaos] {fault}: {len(trainers)} trainers, {points} points sent and stored once in order, "
           f"0 lost; runs FINISHED; SDK saw outages of {seen} s; {extra}")
+
+
+class OperatorView:
+    """What an operator watches while a fault lasts: the probes every 0.5 s, Prometheus, the server log.
+
+    ``with OperatorView(server) as operator:`` around the fault (``read_log``: the server's whole
+    log so far, when it is not ``server.log_file``); afterwards ``operator.ready`` holds
+    each /ready answer (status, failed checks), ``operator.health`` each /health status (0: no
+    answer), ``operator.log`` what the server logged meanwhile, and ``operator.answered(status)``
+    how many requests Prometheus counted with that status meanwhile.
+    """
+
+    def __init__(self, server, read_log=None):
+        self.server = server
+        self._read_log = read_log or (lambda: server.log_file.read_text())
+        self.ready: list[tuple[int, frozenset]] = []
+        self.health: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _get(self, path: str):
+        try:
+            return requests.get(f"{self.server.url}{path}", timeout=5)
+        except requests.RequestException:
+            return None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            ready, health = self._get("/ready"), self._get("/health")
+            failed = frozenset(name for name, verdict in ready.json()["checks"].items() if verdict != "ok") \
+                if ready is not None else frozenset()
+            self.ready.append((ready.status_code if ready is not None else 0, failed))
+            self.health.append(health.status_code if health is not None else 0)
+
+    def requests_answered(self) -> dict[str, float]:
+        """Prometheus' count of answered requests by status (prometheus-flask-exporter's counter)."""
+        text = requests.get(f"{self.server.url}/metrics", auth=self.server.admin_auth, timeout=10).text
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "mlflow_http_request_total":
+                    counts[sample.labels["status"]] = counts.get(sample.labels["status"], 0) + sample.value
+        return counts
+
+    def answered(self, status: int) -> float:
+        return self._answered_after.get(str(status), 0) - self._answered_before.get(str(status), 0)
+
+    def failing_checks(self) -> set[str]:
+        return {name for status, failed in self.ready if status == 503 for name in failed}
+
+    def __enter__(self):
+        self._answered_before = self.requests_answered()
+        self._log_start = len(self._read_log())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join(10)
+        self.log = self._read_log()[self._log_start:]
+        self._answered_after = self.requests_answered() if getattr(self.server, "running", True) else {}
+
+    def figures(self) -> dict:
+        return {"ready_answers": sorted({(status, ",".join(sorted(failed))) for status, failed in self.ready}),
+                "health_answers": sorted(set(self.health)), "prometheus_503": self.answered(503),
+                "prometheus_500": self.answered(500), "server_log_lines": len(self.log.splitlines())}
+
+    def assert_log_has_no_traceback(self) -> None:
+        assert "Traceback" not in self.log, self.log[-6000:]
+
+
+UI_THREADS = 4
+
+
+class UiLoad:
+    """Threads calling what the UI's runs table and charts call, recording every answer."""
+
+    def __init__(self, server, experiment_id: str, run_ids: list[str]):
+        self.server, self.experiment_id, self.run_ids = server, experiment_id, run_ids
+        self.answers: list[tuple[str, int, str]] = []  # (call, status, body) of each answer but a 200
+        self.calls = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(UI_THREADS)]
+
+    def calls_in_turn(self, index: int):
+        api = f"{self.server.url}/ajax-api/2.0/mlflow"
+        run_id = self.run_ids[index % len(self.run_ids)]
+        yield "runs/search", lambda: requests.post(
+            f"{api}/runs/search", auth=self.server.admin_auth, timeout=30,
+            json={"experiment_ids": [self.experiment_id], "max_results": 100,
+                  "order_by": ["attributes.start_time DESC"]})
+        yield "metrics/get-history", lambda: requests.get(
+            f"{api}/metrics/get-history", auth=self.server.admin_auth, timeout=30,
+            params={"run_id": run_id, "metric_key": "loss", "max_results": 25000})
+        yield "experiments/search", lambda: requests.post(
+            f"{api}/experiments/search", auth=self.server.admin_auth, timeout=30, json={"max_results": 100})
+
+    def _loop(self, index: int) -> None:
+        while not self._stop.is_set():
+            for name, call in self.calls_in_turn(index):
+                self.calls += 1
+                try:
+                    answer = call()
+                except requests.RequestException as exc:  # no answer at all: recorded as status 0
+                    self.answers.append((name, 0, str(exc)))
+                    continue
+                if answer.status_code != 200:
+                    self.answers.append((name, answer.status_code, answer.text))
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)

@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 import requests
 from mlflow import MlflowClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.chaos.fleet import (
     TRAINING_S,
+    OperatorView,
+    UiLoad,
     assert_every_point_stored_once_in_order,
     report,
     seconds_until_writes_succeed,
@@ -55,73 +56,6 @@ def server(tracking_server_factory, monkeypatch) -> TrackingServer:
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", server.admin_username)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin_password)
     return server
-
-
-class OperatorView:
-    """What an operator watches while a fault lasts: the probes every 0.5 s, Prometheus, the server log.
-
-    ``with OperatorView(server) as operator:`` around the fault; afterwards ``operator.ready`` holds
-    each /ready answer (status, failed checks), ``operator.health`` each /health status (0: no
-    answer), ``operator.log`` what the server logged meanwhile, and ``operator.answered(status)``
-    how many requests Prometheus counted with that status meanwhile.
-    """
-
-    def __init__(self, server: TrackingServer):
-        self.server = server
-        self.ready: list[tuple[int, frozenset]] = []
-        self.health: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _get(self, path: str):
-        try:
-            return requests.get(f"{self.server.url}{path}", timeout=5)
-        except requests.RequestException:
-            return None
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.5):
-            ready, health = self._get("/ready"), self._get("/health")
-            failed = frozenset(name for name, verdict in ready.json()["checks"].items() if verdict != "ok") \
-                if ready is not None else frozenset()
-            self.ready.append((ready.status_code if ready is not None else 0, failed))
-            self.health.append(health.status_code if health is not None else 0)
-
-    def requests_answered(self) -> dict[str, float]:
-        """Prometheus' count of answered requests by status (prometheus-flask-exporter's counter)."""
-        text = requests.get(f"{self.server.url}/metrics", auth=self.server.admin_auth, timeout=10).text
-        counts: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "mlflow_http_request_total":
-                    counts[sample.labels["status"]] = counts.get(sample.labels["status"], 0) + sample.value
-        return counts
-
-    def answered(self, status: int) -> float:
-        return self._answered_after.get(str(status), 0) - self._answered_before.get(str(status), 0)
-
-    def failing_checks(self) -> set[str]:
-        return {name for status, failed in self.ready if status == 503 for name in failed}
-
-    def __enter__(self):
-        self._answered_before = self.requests_answered()
-        self._log_start = len(self.server.log_file.read_text())
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join(10)
-        self.log = self.server.log_file.read_text()[self._log_start:]
-        self._answered_after = self.requests_answered() if self.server.running else {}
-
-    def figures(self) -> dict:
-        return {"ready_answers": sorted({(status, ",".join(sorted(failed))) for status, failed in self.ready}),
-                "health_answers": sorted(set(self.health)), "prometheus_503": self.answered(503),
-                "prometheus_500": self.answered(500), "server_log_lines": len(self.log.splitlines())}
-
-    def assert_log_has_no_traceback(self) -> None:
-        assert "Traceback" not in self.log, self.log[-6000:]
 
 
 def test_postgres_stopped_then_started(server, postgres, tmp_path):
@@ -289,7 +223,6 @@ def test_spool_disk_full_then_freed(server, spool_disk, tmp_path):
 
 SESSION_KILL_EVERY_S = 2.0
 SESSION_KILLS = 5
-UI_THREADS = 4
 
 
 def terminate_server_sessions(postgres, server: TrackingServer) -> int:
@@ -298,52 +231,6 @@ def terminate_server_sessions(postgres, server: TrackingServer) -> int:
         cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                        "WHERE datname IN (%s, %s) AND pid <> pg_backend_pid()", (server.backend_db, server.auth_db))
         return cursor.fetchone()[0]
-
-
-class UiLoad:
-    """Threads calling what the UI's runs table and charts call, recording every answer."""
-
-    def __init__(self, server: TrackingServer, experiment_id: str, run_ids: list[str]):
-        self.server, self.experiment_id, self.run_ids = server, experiment_id, run_ids
-        self.answers: list[tuple[str, int, str]] = []  # (call, status, body) of each answer but a 200
-        self.calls = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(UI_THREADS)]
-
-    def calls_in_turn(self, index: int):
-        api = f"{self.server.url}/ajax-api/2.0/mlflow"
-        run_id = self.run_ids[index % len(self.run_ids)]
-        yield "runs/search", lambda: requests.post(
-            f"{api}/runs/search", auth=self.server.admin_auth, timeout=30,
-            json={"experiment_ids": [self.experiment_id], "max_results": 100,
-                  "order_by": ["attributes.start_time DESC"]})
-        yield "metrics/get-history", lambda: requests.get(
-            f"{api}/metrics/get-history", auth=self.server.admin_auth, timeout=30,
-            params={"run_id": run_id, "metric_key": "loss", "max_results": 25000})
-        yield "experiments/search", lambda: requests.post(
-            f"{api}/experiments/search", auth=self.server.admin_auth, timeout=30, json={"max_results": 100})
-
-    def _loop(self, index: int) -> None:
-        while not self._stop.is_set():
-            for name, call in self.calls_in_turn(index):
-                self.calls += 1
-                try:
-                    answer = call()
-                except requests.RequestException as exc:  # no answer at all: recorded as status 0
-                    self.answers.append((name, 0, str(exc)))
-                    continue
-                if answer.status_code != 200:
-                    self.answers.append((name, answer.status_code, answer.text))
-
-    def __enter__(self):
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
 
 
 def test_every_server_session_terminated_under_ui_load(server, postgres, tmp_path):

@@ -104,6 +104,10 @@ class ComposeStack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_auth(self) -> tuple[str, str]:
+        return self.admin_username, self.admin_password
+
     def run(self, *args: str, check: bool = True, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
         """A command from the repository root with the project's settings (scripts and compose alike)."""
         result = subprocess.run(list(args), cwd=REPO_ROOT, env={**self.env, **env}, text=True,
