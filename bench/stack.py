@@ -86,9 +86,10 @@ def _set_env(values: dict[str, str | None]) -> None:
 
 
 class StockServer:
-    """``mlflow server`` with default options against the shared database and bucket."""
+    """``mlflow server`` with default options, or those given, against the shared database and bucket."""
 
-    def __init__(self, postgres: PostgresCluster, s3: S3Endpoint, root: Path, backend_uri: str):
+    def __init__(self, postgres: PostgresCluster, s3: S3Endpoint, root: Path, backend_uri: str,
+                 options: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.root = root
@@ -97,7 +98,7 @@ class StockServer:
         self.artifacts_destination = f"s3://{s3.bucket}/stock"
         self.cmd = [
             str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", backend_uri, "--artifacts-destination", self.artifacts_destination,
+            "--backend-store-uri", backend_uri, "--artifacts-destination", self.artifacts_destination, *options,
         ]
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
         self.env = {**keep, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url, "AWS_ACCESS_KEY_ID": s3.access_key,
@@ -193,6 +194,13 @@ class Stack:
         server.start()
         auth = server.admin_auth if env.get("MLFLOW_AUTH", "on") == "on" else None
         return Endpoint(name, server.url, auth, server._proc.pid, server.startup_s, server.artifacts_destination)
+
+    def start_stock_variant(self, name: str, options: tuple[str, ...]) -> Endpoint:
+        """Stock ``mlflow server`` with other options on the same database. Stopped with the stack."""
+        server = StockServer(self.postgres, self.s3, self.root / name, self.postgres.url(TRACKING_DB), options)
+        self._stack.callback(server.stop)
+        server.start()
+        return Endpoint(name, server.url, None, server.pid, server.startup_s, server.artifacts_destination)
 
     @property
     def ours(self) -> Endpoint:

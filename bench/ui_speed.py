@@ -1,6 +1,6 @@
 """What users wait for (issue 19): MLflow's own UI pages in headless Chromium, stock vs ours.
 
-    python -m bench.ui_speed [--quick|--full] [--steps N] [--api-only]
+    python -m bench.ui_speed [--quick|--full] [--steps N] [--api-only] [--run-page-variants N]
 
 A fresh stack (bench/stack.py: stock ``mlflow server`` and ours on one PostgreSQL) gets the
 workload of bench/ui_populate.py (20 experiments, 2 000 runs, 200 params and 40 metrics each),
@@ -21,9 +21,14 @@ the bytes are the response body. Then, without a browser, the calls behind the s
 ``get-history-bulk-interval`` for 10 runs and ``metrics/get-history`` of one run on one training
 curve, and ``runs/search`` with a param filter and metric ordering over all 2 000 runs.
 Screenshots of each measured page (warm, half size) go to bench/results/ui_speed/.
+
+``--run-page-variants N`` opens the run page N times more, in turn on stock, ours, servers that
+differ from one of them in one setting (RUN_PAGE_VARIANTS) and ours with the browser's other way
+of logging in, and reports medians: what the run page waits on.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -51,6 +56,14 @@ SCREENSHOT_DIR = RESULTS_DIR / "ui_speed"
 CHART_CARD = "[data-testid='experiment-view-compare-runs-card']"
 API_PREFIXES = ("/ajax-api/", "/api/", "/graphql")  # the run page reads its run through GraphQL
 HISTORY_POINTS = 320  # what the UI's line charts ask get-history-bulk-interval for
+# Each differs from stock or ours in one setting: the process count (stock runs 4 uvicorn
+# workers, ours 2 gunicorn ones), or ours' auth layer.
+RUN_PAGE_VARIANTS = {
+    "stock, 2 workers": ("stock", ("--workers", "2")),
+    "ours, 4 workers": ("ours", {"GUNICORN_WORKERS": "4"}),
+    "ours, auth off": ("ours", {"MLFLOW_AUTH": "off"}),
+}
+LOGIN_ON_CHALLENGE = "ours, login answered per 401"  # ours, the browser logged in as _logged_in_context says
 
 
 def chromium_path() -> str:
@@ -166,24 +179,71 @@ def measure_page(page, log: RequestLog, url: str, shown: str) -> dict:
             "sum_server_ms": sum(c["server_ms"] for c in calls), "requests": calls}
 
 
-def browse(browser, endpoint: Endpoint, name: str, url: str) -> dict:
+def _logged_in_context(browser, endpoint: Endpoint, login: str):
+    """A browser context holding the endpoint's login. ``header``: the Authorization header goes
+    with every request, as a browser sends it once its user has logged in. ``challenge``:
+    Playwright's http_credentials, which let each request be refused 401 and answer through the
+    DevTools protocol (what these runs measured before 2026-11-30 19:00; it cost ours' run page
+    ~0.14 s warm, stock needing no login)."""
+    if not endpoint.auth:
+        return browser.new_context(viewport=VIEWPORT)
+    if login == "challenge":
+        return browser.new_context(http_credentials=dict(zip(("username", "password"), endpoint.auth)),
+                                   viewport=VIEWPORT)
+    token = base64.b64encode(":".join(endpoint.auth).encode()).decode()
+    return browser.new_context(extra_http_headers={"Authorization": f"Basic {token}"}, viewport=VIEWPORT)
+
+
+def browse(browser, endpoint: Endpoint, name: str, url: str, screenshot: bool = True, login: str = "header") -> dict:
     """One page cold (a new browser context: no HTTP cache, no local storage) and then warm (the
     same context, the page loaded again from a blank tab, the UI's bundle in cache)."""
-    credentials = {"username": endpoint.auth[0], "password": endpoint.auth[1]} if endpoint.auth else None
-    context = browser.new_context(http_credentials=credentials, viewport=VIEWPORT)
+    context = _logged_in_context(browser, endpoint, login)
     page = context.new_page()
     log = RequestLog(page)
     cold = measure_page(page, log, url, Pages.shown[name])
     page.goto("about:blank")
     warm = measure_page(page, log, url, Pages.shown[name])
-    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    shot = SCREENSHOT_DIR / f"{name.replace(' ', '_')}_{endpoint.name}.png"
-    _small_screenshot(page, shot)
+    shot = None
+    if screenshot:
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        shot = SCREENSHOT_DIR / f"{name.replace(' ', '_')}_{endpoint.name}.png"
+        _small_screenshot(page, shot)
     context.close()
     print(f"  {endpoint.name:5} {name:16} cold {cold['s']:.2f} s, warm {warm['s']:.2f} s, "
           f"{warm['calls']} calls, {warm['bytes'] / 1e6:.2f} MB, slowest call {warm['max_server_ms']:.0f} ms",
           flush=True)
-    return {"cold": cold, "warm": warm, "screenshot": str(shot.relative_to(RESULTS_DIR))}
+    return {"cold": cold, "warm": warm, "screenshot": shot and str(shot.relative_to(RESULTS_DIR))}
+
+
+def run_page_variants(browser, stack: Stack, experiment_id: str, run_ids: list[str], rounds: int) -> dict:
+    """The run page on stock, ours, RUN_PAGE_VARIANTS and LOGIN_ON_CHALLENGE, in turn, ``rounds``
+    times: medians of the time until shown and of each of its calls' server time, cold and warm."""
+    endpoints = list(stack.endpoints)
+    for name, (base, setting) in RUN_PAGE_VARIANTS.items():
+        slug = name.replace(", ", "_").replace(" ", "_")
+        endpoints.append(stack.start_stock_variant(slug, setting) if base == "stock"
+                         else stack.start_variant(slug, setting))
+    visits = [(name, endpoint, "header") for name, endpoint in zip(["stock", "ours", *RUN_PAGE_VARIANTS], endpoints)]
+    visits.append((LOGIN_ON_CHALLENGE, stack.ours, "challenge"))
+    samples = {name: [] for name, _, _ in visits}
+    for _ in range(rounds):
+        for name, endpoint, login in visits:
+            url = Pages(endpoint, experiment_id, run_ids).urls["run page"]
+            samples[name].append(browse(browser, endpoint, "run page", url, screenshot=False, login=login))
+    results = {}
+    for name, visits in samples.items():
+        results[name] = {}
+        for state in ("cold", "warm"):
+            calls_by_path = {}
+            for visit in visits:
+                for call in visit[state]["requests"]:
+                    calls_by_path.setdefault(call["path"], []).append(call["server_ms"])
+            results[name][state] = {
+                "s": statistics.median(v[state]["s"] for v in visits),
+                "sum_server_ms": statistics.median(v[state]["sum_server_ms"] for v in visits),
+                "server_ms_by_path": {path: statistics.median(ms) for path, ms in calls_by_path.items()},
+                "rounds": rounds}
+    return results
 
 
 def _small_screenshot(page, path: Path) -> None:
@@ -278,7 +338,9 @@ def main() -> None:
         p.add_argument("--steps", type=int, help="points per training curve (default 1000, --quick 200)"),
         p.add_argument("--runs", type=int, default=2000),
         p.add_argument("--api-only", action="store_true",
-                       help="only the REST calls behind the pages (no browser): a store change's own figure")))
+                       help="only the REST calls behind the pages (no browser): a store change's own figure"),
+        p.add_argument("--run-page-variants", type=int, default=0, metavar="N",
+                       help="then the run page N times on stock, ours and the variants, medians")))
     steps = args.steps or (1000 if args.full else 200)
     repeats = 10 if args.full else 3
     from playwright.sync_api import sync_playwright
@@ -290,17 +352,18 @@ def main() -> None:
         check_stock_reads_it(stack.stock, workload.experiment_ids, workload.run_ids)
         experiment_id = workload.experiment_ids[-1]
         experiment_runs = workload.run_ids[EXPERIMENTS - 1::EXPERIMENTS]
-        browser_results, api_results = {}, {}
+        browser_results, api_results, variant_results = {}, {}, {}
         with sync_playwright() as playwright:
-            browser = None if args.api_only else playwright.chromium.launch(executable_path=chromium_path(),
-                                                                              args=CHROMIUM_ARGS)
+            browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
             # Page by page, stock then ours: load from the machine's other work falls on both alike.
-            for name in Pages.shown if browser else ():
+            for name in () if args.api_only else Pages.shown:
                 for endpoint in stack.endpoints:
                     url = Pages(endpoint, experiment_id, experiment_runs).urls[name]
                     browser_results.setdefault(endpoint.name, {})[name] = browse(browser, endpoint, name, url)
-            if browser:
-                browser.close()
+            if args.run_page_variants:
+                variant_results = run_page_variants(browser, stack, experiment_id, experiment_runs,
+                                                    args.run_page_variants)
+            browser.close()
         for endpoint in stack.endpoints:
             api_results[endpoint.name] = api_calls(endpoint, workload.experiment_ids, workload.run_ids, repeats)
         tracebacks = {e.name: stack.server_log_tracebacks(e) for e in stack.endpoints}
@@ -308,10 +371,12 @@ def main() -> None:
     tables = [_api_table(api_results, args.runs, steps)]
     if browser_results:
         tables.insert(0, _browser_table(browser_results, args.runs, steps))
+    if variant_results:
+        tables.append(_variants_table(variant_results))
     save("ui_speed_api" if args.api_only else "ui_speed", args.full, tables, {
         "runs": args.runs, "steps": steps, "metric_rows": workload.metric_rows,
         "populate_s": workload.seconds, "browser": browser_results, "api": api_results,
-        "server_tracebacks": tracebacks})
+        "run_page_variants": variant_results, "server_tracebacks": tracebacks})
 
 
 def _browser_table(results: dict, runs: int, steps: int) -> str:
@@ -338,6 +403,22 @@ def _api_table(results: dict, runs: int, steps: int) -> str:
     return print_table(f"REST calls behind the pages, p50 of {next(iter(stock.values()))['n']} ({runs} runs, "
                        f"curves of {steps} steps)",
                        ["call", "stock p50 ms", "ours p50 ms", "stock/ours", "kB stock / ours"], rows)
+
+
+def _variants_table(results: dict) -> str:
+    """One row per server and cache state; a column per call the run page makes (server ms)."""
+    paths = sorted({path for server in results.values() for state in server.values()
+                    for path in state["server_ms_by_path"]})
+    rows = []
+    for name, states in results.items():
+        for state, figures in states.items():
+            by_path = figures["server_ms_by_path"]
+            rows.append([name, state, f"{figures['s']:.2f}", f"{figures['sum_server_ms']:.0f}",
+                         *(f"{by_path[p]:.0f}" if p in by_path else "—" for p in paths)])
+    rounds = next(iter(results.values()))["warm"]["rounds"]
+    short = [p.replace("/ajax-api/2.0/mlflow/", "").replace("/ajax-api/3.0/mlflow/", "3.0 ") for p in paths]
+    return print_table(f"Run page, median of {rounds} visits each, servers in turn (server ms per call)",
+                       ["server", "cache", "shown s", "server ms total", *short], rows)
 
 
 if __name__ == "__main__":
