@@ -58,15 +58,23 @@ def server(tracking_server_factory, monkeypatch) -> TrackingServer:
     return server
 
 
-def test_postgres_stopped_then_started(server, postgres, tmp_path):
+def test_postgres_stopped_then_started(server, postgres, s3, tmp_path, monkeypatch):
+    """With a checkpoint's upload and another artifact's downloads in flight, as in the soak's 60 s
+    outage with a 1 GiB checkpoint."""
     probe = probe_run(server)
-    trainers = start_trainers(server, tmp_path)
-    time.sleep(3)
-    with OperatorView(server) as operator:
+    artifact = random_file(tmp_path / "model_final.pth", ARTIFACT_MB)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a failed download shows, not waits
+    dataset, dataset_run = random_file(tmp_path / "dataset.tar", 32), probe_run(server)
+    MlflowClient(server.url).log_artifact(dataset_run, str(dataset))
+    trainers = start_trainers(server, tmp_path, artifact=artifact)
+    wait_for(lambda: upload_in_flight(server, s3, artifact), 60, "the checkpoint's multipart upload to S3")
+    downloads = DownloadsInFlight(server, dataset_run, dataset, tmp_path / "dl")
+    with OperatorView(server) as operator, downloads:
         postgres.stop()
         time.sleep(DATABASE_OUTAGE_S)
         postgres.start()
         recovered_s = seconds_until_writes_succeed(server, probe)
+    assert downloads.outcomes and "WRONG CONTENT reported complete" not in downloads.outcomes
     # /ready names both databases, /health stays up (no restart wanted), Prometheus counts the 503s.
     assert operator.failing_checks() == {"tracking_database", "auth_database"}
     assert set(operator.health) == {200}
@@ -74,8 +82,10 @@ def test_postgres_stopped_then_started(server, postgres, tmp_path):
     operator.assert_log_has_no_traceback()
     assert requests.get(f"{server.url}/ready", timeout=10).status_code == 200
     points = assert_every_point_stored_once_in_order(server, trainers)
+    assert_checkpoint_stored_whole(server, trainers[0], artifact, tmp_path)
     report(f"PostgreSQL stopped {DATABASE_OUTAGE_S:.0f} s", points, trainers,
-           writes_back_after_start_s=f"{recovered_s:.1f}", **operator.figures())
+           writes_back_after_start_s=f"{recovered_s:.1f}", artifact="complete, SHA-256 equal",
+           downloads=dict(Counter(downloads.outcomes)), **operator.figures())
 
 
 def test_mlflow_server_sigkilled_and_restarted(server, tmp_path):
@@ -142,6 +152,25 @@ class DownloadsInFlight:
         self._thread.join(120)
 
 
+def multipart_uploads(server: TrackingServer, s3) -> list[dict]:
+    prefix = server.artifacts_destination.split("/", 3)[3]
+    return s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=prefix).get("Uploads", [])
+
+
+def upload_in_flight(server: TrackingServer, s3, artifact: Path) -> bool:
+    return any(u["Key"].endswith(f"checkpoints/{artifact.name}") for u in multipart_uploads(server, s3))
+
+
+def assert_checkpoint_stored_whole(server: TrackingServer, trainer, artifact: Path, tmp_path: Path) -> None:
+    """Listed at its full size and downloaded with the same SHA-256: never a part read as the whole."""
+    run_id = trainer.result()["run_id"]
+    client = MlflowClient(server.url)
+    listed = {f.path: f.file_size for f in client.list_artifacts(run_id, "checkpoints")}
+    assert listed == {f"checkpoints/{artifact.name}": artifact.stat().st_size}
+    downloaded = Path(client.download_artifacts(run_id, f"checkpoints/{artifact.name}", str(tmp_path / "checkpoint")))
+    assert sha256(downloaded) == sha256(artifact)
+
+
 def test_s3_restarted_mid_upload(server, s3, tmp_path, monkeypatch):
     artifact = random_file(tmp_path / "model_final.pth", ARTIFACT_MB)
     # An artifact already stored, downloaded while S3 restarts; the client's retries off so that a
@@ -149,14 +178,8 @@ def test_s3_restarted_mid_upload(server, s3, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     dataset, dataset_run = random_file(tmp_path / "dataset.tar", 32), probe_run(server)
     MlflowClient(server.url).log_artifact(dataset_run, str(dataset))
-    prefix = server.artifacts_destination.split("/", 3)[3]
     trainers = start_trainers(server, tmp_path, artifact=artifact)
-
-    def upload_in_flight() -> bool:
-        uploads = s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=prefix).get("Uploads", [])
-        return any(u["Key"].endswith(f"checkpoints/{artifact.name}") for u in uploads)
-
-    wait_for(upload_in_flight, 60, "the artifact's multipart upload to S3")
+    wait_for(lambda: upload_in_flight(server, s3, artifact), 60, "the artifact's multipart upload to S3")
     downloads = DownloadsInFlight(server, dataset_run, dataset, tmp_path / "dl")
     with OperatorView(server) as operator, downloads:
         restart_s = s3.restart()
@@ -166,14 +189,8 @@ def test_s3_restarted_mid_upload(server, s3, tmp_path, monkeypatch):
     assert operator.answered(500) == 0, (Counter(downloads.outcomes), operator.log[-6000:])
     operator.assert_log_has_no_traceback()
     points = assert_every_point_stored_once_in_order(server, trainers)
-
-    run_id = trainers[0].result()["run_id"]
-    client = MlflowClient(server.url)
-    listed = {f.path: f.file_size for f in client.list_artifacts(run_id, "checkpoints")}
-    assert listed == {f"checkpoints/{artifact.name}": artifact.stat().st_size}
-    downloaded = Path(client.download_artifacts(run_id, f"checkpoints/{artifact.name}", str(tmp_path / "checkpoint")))
-    assert sha256(downloaded) == sha256(artifact)
-    leftover = s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=prefix).get("Uploads", [])
+    assert_checkpoint_stored_whole(server, trainers[0], artifact, tmp_path)
+    leftover = multipart_uploads(server, s3)
     report(f"S3 restarted mid-upload of {ARTIFACT_MB} MiB", points, trainers,
            s3_restart_s=f"{restart_s:.1f}", artifact="complete, SHA-256 equal",
            abandoned_multipart_uploads=len(leftover), downloads=dict(Counter(downloads.outcomes)),
