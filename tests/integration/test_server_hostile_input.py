@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -412,6 +413,51 @@ def test_anonymous_callers_are_refused_on_every_route(tracking_server, s3, route
     response = requests.request(method, f"{tracking_server.url}{path}", json=body, timeout=30)
     assert response.status_code == 401, f"{response.status_code} {response.text[:300]}"
     assert stored_keys(tracking_server, s3) == before
+
+
+def raw_get(server, raw_path: str) -> tuple[int, bytes]:
+    """An anonymous GET with the path sent byte for byte (requests would resolve ``..`` itself)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request("GET", raw_path)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+def a_ui_bundle_file() -> str:
+    """The path of one of the UI's JavaScript files, as the UI's page names it."""
+    import mlflow.server
+
+    build = Path(mlflow.server.__file__).parent / "js" / "build"
+    return "/static-files/" + next(build.glob("static/js/*.js")).relative_to(build).as_posix()
+
+
+# MLflow leaves every path beginning /static (and /health, /favicon.ico) open to anonymous
+# callers, for the UI's own files; each of these tries to reach past them.
+STATIC_ESCAPES = {
+    "into-the-api": "/static-files/../ajax-api/2.0/mlflow/experiments/search?max_results=1",
+    "into-the-api-encoded": "/static-files/%2e%2e/ajax-api/2.0/mlflow/experiments/search?max_results=1",
+    "flask-static-into-the-api": "/static/../api/2.0/mlflow/experiments/search?max_results=1",
+    "onto-the-disk": "/static-files/../../../../../../etc/passwd",
+    "onto-the-disk-encoded": "/static-files/..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd",
+    "onto-the-disk-absolute": "/static-files//etc/passwd",
+    "the-server-s-own-code": "/static-files/../../__init__.py",
+    "a-prefix-alike": "/staticx/../ajax-api/2.0/mlflow/experiments/search?max_results=1",
+}
+
+
+def test_the_ui_s_own_files_are_public_and_nothing_else_is_reached_through_them(tracking_server):
+    """The UI's bundle is public by MLflow's design (its code, no data; the page that loads it asks
+    for a login). Every way through the open /static prefix to the API, the server's files or the
+    disk gets no data: 401 or 404."""
+    status, body = raw_get(tracking_server, a_ui_bundle_file())
+    assert status == 200 and len(body) > 0
+    for name, raw_path in STATIC_ESCAPES.items():
+        status, body = raw_get(tracking_server, raw_path)
+        assert status in (401, 404), (name, status, body[:300])
+        assert b"experiments" not in body and b"root:" not in body and b"import" not in body, (name, body[:300])
 
 
 @pytest.mark.parametrize("route", ["signup-page", "users-create"])
