@@ -460,6 +460,38 @@ def test_the_ui_s_own_files_are_public_and_nothing_else_is_reached_through_them(
         assert b"experiments" not in body and b"root:" not in body and b"import" not in body, (name, body[:300])
 
 
+# The account routes beyond sign-up, as member1 would try them on member2 (and on itself, for the
+# admin flag), on both API prefixes.
+ACCOUNT_ROUTES = {
+    "read-another-user": ("GET", "users/get", {"username": "{other}"}),
+    "change-another-user-s-password": ("PATCH", "users/update-password",
+                                       {"username": "{other}", "password": "taken-over-password"}),
+    "make-oneself-admin": ("PATCH", "users/update-admin", {"username": "{self}", "is_admin": True}),
+    "delete-another-user": ("DELETE", "users/delete", {"username": "{other}"}),
+}
+
+
+@pytest.mark.parametrize("prefix", ["/api/2.0/mlflow", "/ajax-api/2.0/mlflow"])
+@pytest.mark.parametrize("attempt", list(ACCOUNT_ROUTES))
+def test_members_cannot_read_change_or_delete_accounts(tracking_server, team, attempt, prefix):
+    """MLflow's admin-only and self-only account routes, held in place: 403 for a member, 401
+    anonymous, and afterwards member2 still logs in with its password and nobody became admin."""
+    member1, member2 = team
+    method, route, fields = ACCOUNT_ROUTES[attempt]
+    body = {key: value.format(other=member2.auth[0], self=member1.auth[0]) if isinstance(value, str) else value
+            for key, value in fields.items()}
+    as_query = {"params": body} if method == "GET" else {"json": body}
+    assert call(tracking_server, method, f"{prefix}/{route}", member1.auth, **as_query).status_code == 403
+    assert requests.request(method, f"{tracking_server.url}{prefix}/{route}", timeout=30,
+                            **as_query).status_code == 401
+    assert call(tracking_server, "GET", f"{API}/experiments/get", member2.auth,
+                params={"experiment_id": member2.experiment_id}).status_code == 200
+    for member in (member1, member2):
+        account = call(tracking_server, "GET", "/api/2.0/mlflow/users/get", tracking_server.admin_auth,
+                       params={"username": member.auth[0]})
+        assert account.json()["user"]["is_admin"] is False
+
+
 @pytest.mark.parametrize("route", ["signup-page", "users-create"])
 def test_user_management_refuses_members(tracking_server, team, route):
     method, path, body = ROUTES[route]
