@@ -7,9 +7,11 @@ and ``admin_auth``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.fixtures import REPO_ROOT
+from tests.harness.small_disk import fill, small_disk
 
 TRAINERS = int(os.environ.get("CHAOS_TRAINERS", "4"))
 # Long enough that every fault starts and ends while the trainers log.
@@ -118,6 +121,61 @@ def assert_every_point_stored_once_in_order(server, trainers: list[Trainer]) -> 
     return total
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def random_file(path: Path, megabytes: int) -> Path:
+    with open(path, "wb") as f:
+        for _ in range(megabytes):
+            f.write(os.urandom(1 << 20))
+    return path
+
+
+def assert_checkpoint_stored_whole(server, trainer: Trainer, artifact: Path, tmp_path: Path) -> None:
+    """Listed at its full size and downloaded with the same SHA-256: never a part read as the whole."""
+    run_id = trainer.result()["run_id"]
+    client = MlflowClient(server.url)
+    listed = {f.path: f.file_size for f in client.list_artifacts(run_id, "checkpoints")}
+    assert listed == {f"checkpoints/{artifact.name}": artifact.stat().st_size}
+    downloaded = Path(client.download_artifacts(run_id, f"checkpoints/{artifact.name}", str(tmp_path / "checkpoint")))
+    assert sha256(downloaded) == sha256(artifact)
+
+
+class DownloadsInFlight:
+    """Downloads one artifact again and again with MLflow's client, recording how each ended."""
+
+    def __init__(self, server, run_id: str, original: Path, workdir: Path):
+        self.client, self.run_id, self.original, self.workdir = MlflowClient(server.url), run_id, original, workdir
+        self.expected = sha256(original)
+        self.outcomes: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            target = self.workdir / str(len(self.outcomes))
+            try:
+                got = Path(self.client.download_artifacts(self.run_id, self.original.name, str(target)))
+            except Exception as exc:  # any failure the client reports is a clean one: nothing claimed complete
+                self.outcomes.append(f"failed ({type(exc).__name__})")
+            else:
+                self.outcomes.append("complete" if sha256(got) == self.expected else "WRONG CONTENT reported complete")
+            shutil.rmtree(target, ignore_errors=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join(120)
+
+
 def report(fault: str, points: int, trainers: list[Trainer], **figures) -> None:
     seen = [s for t in trainers for s in t.outages_seen_s()]
     extra = " ".join(f"{key}={value}" for key, value in figures.items())
@@ -168,7 +226,9 @@ class OperatorView:
         return counts
 
     def answered(self, status: int) -> float:
-        return self._answered_after.get(str(status), 0) - self._answered_before.get(str(status), 0)
+        before, after = self._answered_before.get(str(status), 0), self._answered_after.get(str(status), 0)
+        # Below the count before: the server process was replaced and its counter began again.
+        return after - before if after >= before else after
 
     def failing_checks(self) -> set[str]:
         return {name for status, failed in self.ready if status == 503 for name in failed}
@@ -192,6 +252,44 @@ class OperatorView:
 
     def assert_log_has_no_traceback(self) -> None:
         assert "Traceback" not in self.log, self.log[-6000:]
+
+
+SPOOL_DISK_MB = 16
+DISK_FULL_S = float(os.environ.get("CHAOS_DISK_FULL_S", "8"))
+
+
+def spool_disk_full_then_freed(server, tmp_path: Path, label: str = "", read_log=None) -> None:
+    """The chaos tier's fourth fault: every trainer's spool on one small tmpfs, filled while they
+    log and write text artifacts, then freed. Skips where no tmpfs can be mounted."""
+    with small_disk(tmp_path / "spool-disk", SPOOL_DISK_MB) as spool_disk:
+        trainers = start_trainers(server, tmp_path, seconds=TRAINING_S / 2, spool_root=spool_disk,
+                                  trainer_args=("--notes-every", "20"))
+        time.sleep(3)
+        with OperatorView(server, read_log) as operator:
+            filler = fill(spool_disk)
+            time.sleep(DISK_FULL_S)
+            filler.unlink()
+        # The server is not what failed: nothing there may look wrong (the trainers' logs say it, below).
+        assert set(operator.ready) == {(200, frozenset())} and set(operator.health) == {200}
+        assert operator.answered(503) == operator.answered(500) == 0
+        points = assert_every_point_stored_once_in_order(server, trainers)
+
+    client = MlflowClient(server.url)
+    notes_lost = 0
+    for trainer in trainers:
+        result, log = trainer.result(), trainer.log.read_text()
+        assert "Traceback" not in log and "unexpected error" not in log, log[-4000:]
+        assert "cannot write to the spool" in log and "has room again" in log, log[-4000:]
+        # log_text while the disk was full: training went on; each such file is named as not logged
+        # and counted at the end, and every other one arrived.
+        stored = {f.path for f in client.list_artifacts(result["run_id"], "notes")}
+        not_logged = set(re.findall(r"artifact (notes/\S+) was NOT logged", log))
+        assert stored | not_logged == set(result["notes"]) and not stored & not_logged
+        if not_logged:
+            assert f"{len(not_logged)} artifacts were not logged because the spool's disk was full" in log
+        notes_lost += len(not_logged)
+    report(f"{label}spool's disk ({SPOOL_DISK_MB} MiB tmpfs) full for {DISK_FULL_S:.0f} s", points, trainers,
+           text_artifacts_not_logged_and_reported=notes_lost, **operator.figures())
 
 
 UI_THREADS = 4

@@ -12,12 +12,8 @@ prints a ``[chaos]`` line with the figures docs/reliability.md records.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import shutil
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,16 +24,19 @@ from mlflow import MlflowClient
 
 from tests.chaos.fleet import (
     TRAINING_S,
+    DownloadsInFlight,
     OperatorView,
     UiLoad,
+    assert_checkpoint_stored_whole,
     assert_every_point_stored_once_in_order,
+    random_file,
     report,
     seconds_until_writes_succeed,
+    spool_disk_full_then_freed,
     start_trainers,
     wait_for,
 )
 from tests.harness.fixtures import TrackingServer
-from tests.harness.small_disk import fill, small_disk
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -107,51 +106,6 @@ def test_mlflow_server_sigkilled_and_restarted(server, tmp_path):
            server_startup_s=f"{startup_s:.1f}", writes_back_after_kill_s=f"{recovered_s:.1f}", **operator.figures())
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def random_file(path: Path, megabytes: int) -> Path:
-    with open(path, "wb") as f:
-        for _ in range(megabytes):
-            f.write(os.urandom(1 << 20))
-    return path
-
-
-class DownloadsInFlight:
-    """Downloads one artifact again and again with MLflow's client, recording how each ended."""
-
-    def __init__(self, server: TrackingServer, run_id: str, original: Path, workdir: Path):
-        self.client, self.run_id, self.original, self.workdir = MlflowClient(server.url), run_id, original, workdir
-        self.expected = sha256(original)
-        self.outcomes: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            target = self.workdir / str(len(self.outcomes))
-            try:
-                got = Path(self.client.download_artifacts(self.run_id, self.original.name, str(target)))
-            except Exception as exc:  # any failure the client reports is a clean one: nothing claimed complete
-                self.outcomes.append(f"failed ({type(exc).__name__})")
-            else:
-                self.outcomes.append("complete" if sha256(got) == self.expected else "WRONG CONTENT reported complete")
-            shutil.rmtree(target, ignore_errors=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join(120)
-
-
 def multipart_uploads(server: TrackingServer, s3) -> list[dict]:
     prefix = server.artifacts_destination.split("/", 3)[3]
     return s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=prefix).get("Uploads", [])
@@ -159,16 +113,6 @@ def multipart_uploads(server: TrackingServer, s3) -> list[dict]:
 
 def upload_in_flight(server: TrackingServer, s3, artifact: Path) -> bool:
     return any(u["Key"].endswith(f"checkpoints/{artifact.name}") for u in multipart_uploads(server, s3))
-
-
-def assert_checkpoint_stored_whole(server: TrackingServer, trainer, artifact: Path, tmp_path: Path) -> None:
-    """Listed at its full size and downloaded with the same SHA-256: never a part read as the whole."""
-    run_id = trainer.result()["run_id"]
-    client = MlflowClient(server.url)
-    listed = {f.path: f.file_size for f in client.list_artifacts(run_id, "checkpoints")}
-    assert listed == {f"checkpoints/{artifact.name}": artifact.stat().st_size}
-    downloaded = Path(client.download_artifacts(run_id, f"checkpoints/{artifact.name}", str(tmp_path / "checkpoint")))
-    assert sha256(downloaded) == sha256(artifact)
 
 
 def test_s3_restarted_mid_upload(server, s3, tmp_path, monkeypatch):
@@ -197,45 +141,8 @@ def test_s3_restarted_mid_upload(server, s3, tmp_path, monkeypatch):
            **operator.figures())
 
 
-SPOOL_DISK_MB = 16
-DISK_FULL_S = float(os.environ.get("CHAOS_DISK_FULL_S", "8"))
-
-
-@pytest.fixture
-def spool_disk(tmp_path):
-    with small_disk(tmp_path / "spool-disk", SPOOL_DISK_MB) as disk:
-        yield disk
-
-
-def test_spool_disk_full_then_freed(server, spool_disk, tmp_path):
-    trainers = start_trainers(server, tmp_path, seconds=TRAINING_S / 2, spool_root=spool_disk,
-                              trainer_args=("--notes-every", "20"))
-    time.sleep(3)
-    with OperatorView(server) as operator:
-        filler = fill(spool_disk)
-        time.sleep(DISK_FULL_S)
-        filler.unlink()
-    # The server is not what failed: nothing there may look wrong (the trainers' logs say it, below).
-    assert set(operator.ready) == {(200, frozenset())} and set(operator.health) == {200}
-    assert operator.answered(503) == operator.answered(500) == 0
-    points = assert_every_point_stored_once_in_order(server, trainers)
-
-    client = MlflowClient(server.url)
-    notes_lost = 0
-    for trainer in trainers:
-        result, log = trainer.result(), trainer.log.read_text()
-        assert "Traceback" not in log and "unexpected error" not in log, log[-4000:]
-        assert "cannot write to the spool" in log and "has room again" in log, log[-4000:]
-        # log_text while the disk was full: training went on; each such file is named as not logged
-        # and counted at the end, and every other one arrived.
-        stored = {f.path for f in client.list_artifacts(result["run_id"], "notes")}
-        not_logged = set(re.findall(r"artifact (notes/\S+) was NOT logged", log))
-        assert stored | not_logged == set(result["notes"]) and not stored & not_logged
-        if not_logged:
-            assert f"{len(not_logged)} artifacts were not logged because the spool's disk was full" in log
-        notes_lost += len(not_logged)
-    report(f"spool's disk ({SPOOL_DISK_MB} MiB tmpfs) full for {DISK_FULL_S:.0f} s", points, trainers,
-           text_artifacts_not_logged_and_reported=notes_lost, **operator.figures())
+def test_spool_disk_full_then_freed(server, tmp_path):
+    spool_disk_full_then_freed(server, tmp_path)
 
 
 SESSION_KILL_EVERY_S = 2.0

@@ -224,6 +224,27 @@ def compose_stack(tmp_path_factory):
         stack.down()
 
 
+SEAWEEDFS_SETTINGS = {
+    "COMPOSE_FILE": "docker-compose.yml:docker-compose.seaweedfs.yml",
+    "SEAWEEDFS_IMAGE": "cvops-compose-test/seaweedfs:local",
+}
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_stack(tmp_path_factory):
+    """The stack with SeaweedFS as its S3 store (docker-compose.seaweedfs.yml): objects on disk,
+    kept across restarts, every signature checked."""
+    stack = ComposeStack(compose_or_skip(), tmp_path_factory.mktemp("seaweedfs"),
+                         extra_settings=SEAWEEDFS_SETTINGS)
+    skip_without_stand_in_images(stack)
+    try:
+        stack.compose("build", "minio", "storage-init", "mlflow")
+        print(f"\n[compose] SeaweedFS stack `up -d` to all healthy: {stack.up():.1f} s")
+        yield stack
+    finally:
+        stack.down()
+
+
 @pytest.fixture(scope="session")
 def stack_network(compose_stack):
     ids = compose_stack.compose("ps", "-q", "mlflow").stdout.split()

@@ -2,21 +2,15 @@
 
 Unlike the moto stand-in of the other compose tests, SeaweedFS keeps objects in its volume and
 checks every request's signature: an artifact logged through the server is read back intact after
-the S3 container restarts, and a key other than the stack's is refused.
+the S3 container restarts, and a key other than the stack's is refused. The stack is the session's
+`seaweedfs_stack` (tests/compose/conftest.py), which the chaos tier's compose faults share.
 """
 
 import os
 
 import pytest
 
-from tests.compose.conftest import ComposeStack, compose_or_skip, skip_without_stand_in_images
-
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
-
-SEAWEEDFS_SETTINGS = {
-    "COMPOSE_FILE": "docker-compose.yml:docker-compose.seaweedfs.yml",
-    "SEAWEEDFS_IMAGE": "cvops-compose-test/seaweedfs:local",
-}
 
 # Run inside the server container, which holds the stack's S3 keys as files: one listing with
 # them, one with a wrong secret.
@@ -33,19 +27,6 @@ def listing(secret):
         return error.response["Error"]["Code"]
 print(listing(open("/run/secrets/s3_secret_key").read().strip()), listing("not-the-stack-s-secret"))
 """
-
-
-@pytest.fixture(scope="module")
-def seaweedfs_stack(tmp_path_factory):
-    stack = ComposeStack(compose_or_skip(), tmp_path_factory.mktemp("seaweedfs"),
-                         extra_settings=SEAWEEDFS_SETTINGS)
-    skip_without_stand_in_images(stack)
-    try:
-        stack.compose("build", "minio", "storage-init", "mlflow")
-        print(f"\n[compose] SeaweedFS stack `up -d` to all healthy: {stack.up():.1f} s")
-        yield stack
-    finally:
-        stack.down()
 
 
 def test_an_artifact_logged_through_the_server_survives_an_s3_restart(seaweedfs_stack, tmp_path):
