@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from tests.compose.conftest import SECRET_SETTINGS
+
 # Each test restarts the server at least once (about a minute each on a busy 2-core machine).
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
 
@@ -43,6 +45,9 @@ def test_backup_wipe_restore_returns_identical_runs_and_artifacts(compose_stack,
     # The dumps hold every user's password hash: neither they nor the folder are open to other users.
     open_to_others = [path.name for path in [backups[-1], *backups[-1].glob("*.dump")] if path.stat().st_mode & 0o077]
     assert not open_to_others, f"readable by other users of the host: {open_to_others}"
+    # What stays in plain view (the script's output, the manifest, the checksums) names no secret.
+    in_plain_view = backup + (backups[-1] / "manifest.txt").read_text() + (backups[-1] / "SHA256SUMS").read_text()
+    assert not [name for name in SECRET_SETTINGS if stack.settings[name] in in_plain_view]
 
     stack.down()
     stack.up()
