@@ -2,11 +2,13 @@
 checkpoint interrupted by an S3 restart, the server SIGKILLed, the spools' disk full, every server
 session terminated under UI load (docs/reliability.md, "Faults").
 
-    python -m bench.chaos_soak [--quick|--full] [--faults "disk_full or terminated"]
+    python -m bench.chaos_soak [--quick|--full] [--faults "disk_full or terminated"] [--compose]
 
 It runs tests/chaos with larger CHAOS_* settings, so every check of the tier holds here too (no
 point lost or duplicated, order kept, runs FINISHED, artifact complete), and saves each fault's
-``[chaos]`` line in bench/results/chaos_soak.{md,json}.
+``[chaos]`` line in bench/results/chaos_soak.{md,json}. ``--compose`` adds the compose tier's
+faults (tests/compose/test_chaos_faults.py, needs Docker and the stand-in images), the only place
+the whole-stack restart runs.
 """
 from __future__ import annotations
 
@@ -28,21 +30,24 @@ SIZES = {  # --quick, --full
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument(
-        "--faults", metavar="EXPR", help="only the faults whose test names match (pytest -k), e.g. 'postgres'"))
+    args = parse_args(__doc__.splitlines()[0], lambda p: (
+        p.add_argument("--faults", metavar="EXPR",
+                       help="only the faults whose test names match (pytest -k), e.g. 'postgres'"),
+        p.add_argument("--compose", action="store_true", help="the compose tier's faults too (Docker)")))
     settings = {name: sizes[args.full] for name, sizes in SIZES.items()}
     env = {**os.environ, **settings,
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "trainer" / "src")])}
     only = ["-k", args.faults] if args.faults else []
     result = subprocess.run([sys.executable, "-m", "pytest", "-m", "chaos", "-s", "-q", "-p", "no:cacheprovider",
-                             *only, "tests/chaos"], cwd=REPO_ROOT, env=env, text=True, capture_output=True)
+                             *only, "tests/chaos", *(["tests/compose/test_chaos_faults.py"] if args.compose else [])],
+                            cwd=REPO_ROOT, env=env, text=True, capture_output=True)
     print(result.stdout[-20000:], result.stderr[-4000:], sep="\n")
     faults = [line.removeprefix("[chaos] ") for line in result.stdout.splitlines() if line.startswith("[chaos]")]
     table = print_table(f"chaos soak ({', '.join(f'{k}={v}' for k, v in settings.items())}; "
                         f"pytest exit {result.returncode})", ["fault: figures"], [[line] for line in faults])
     name = "chaos_soak" + (f"_{re.sub(r'[^a-z0-9]+', '_', args.faults.lower()).strip('_')}" if args.faults else "")
-    save(name, args.full, [table], {"settings": settings, "only": args.faults,
-                                             "pytest_exit": result.returncode, "faults": faults})
+    save(name, args.full, [table], {"settings": settings, "only": args.faults, "compose": args.compose,
+                                    "pytest_exit": result.returncode, "faults": faults})
     sys.exit(result.returncode)
 
 
