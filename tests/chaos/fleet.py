@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +175,38 @@ class DownloadsInFlight:
     def __exit__(self, *exc_info):
         self._stop.set()
         self._thread.join(120)
+
+
+class ArtifactsInFlight:
+    """A checkpoint that trainer 0 uploads, seen in flight before the fault begins, and another
+    artifact downloaded without pause (MLflow's client, its retries off so a failure shows) while
+    the fault lasts. ``await_upload(key)`` returns once the checkpoint's upload under that key is
+    in flight in the store (each stack reaches its store its own way)."""
+
+    DOWNLOADED_MB = 32
+
+    def __init__(self, server, tmp_path: Path, monkeypatch, checkpoint_mb: int, await_upload):
+        self.server, self.tmp_path, self.await_upload = server, tmp_path, await_upload
+        self.checkpoint = random_file(tmp_path / "model_final.pth", checkpoint_mb)
+        dataset = random_file(tmp_path / "dataset.tar", self.DOWNLOADED_MB)
+        client = MlflowClient(server.url)
+        dataset_run = client.create_run(client.create_experiment(f"chaos-downloads-{time.time_ns()}")).info.run_id
+        client.log_artifact(dataset_run, str(dataset))
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        self.downloads = DownloadsInFlight(server, dataset_run, dataset, tmp_path / "dl")
+
+    def start_trainers(self, **kwargs) -> list[Trainer]:
+        trainers = start_trainers(self.server, self.tmp_path, artifact=self.checkpoint, **kwargs)
+        self.await_upload(f"checkpoints/{self.checkpoint.name}")
+        return trainers
+
+    def assert_whole(self, trainers: list[Trainer]) -> dict:
+        """No download answered with other content, the checkpoint stored whole; the figures."""
+        assert self.downloads.outcomes and "WRONG CONTENT reported complete" not in self.downloads.outcomes
+        assert_checkpoint_stored_whole(self.server, trainers[0], self.checkpoint, self.tmp_path)
+        megabytes = self.checkpoint.stat().st_size >> 20
+        return {"checkpoint": f"{megabytes} MiB complete, SHA-256 equal",
+                "downloads": dict(Counter(self.downloads.outcomes))}
 
 
 def report(fault: str, points: int, trainers: list[Trainer], **figures) -> None:

@@ -16,7 +16,6 @@ import json
 import os
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import requests
@@ -24,12 +23,10 @@ from mlflow import MlflowClient
 
 from tests.chaos.fleet import (
     TRAINING_S,
-    DownloadsInFlight,
+    ArtifactsInFlight,
     OperatorView,
     UiLoad,
-    assert_checkpoint_stored_whole,
     assert_every_point_stored_once_in_order,
-    random_file,
     report,
     seconds_until_writes_succeed,
     spool_disk_full_then_freed,
@@ -57,23 +54,29 @@ def server(tracking_server_factory, monkeypatch) -> TrackingServer:
     return server
 
 
-def test_postgres_stopped_then_started(server, postgres, s3, tmp_path, monkeypatch):
+def multipart_uploads(server: TrackingServer, s3) -> list[dict]:
+    prefix = server.artifacts_destination.split("/", 3)[3]
+    return s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=prefix).get("Uploads", [])
+
+
+@pytest.fixture
+def in_flight(server, s3, tmp_path, monkeypatch) -> ArtifactsInFlight:
+    def await_upload(key: str) -> None:
+        wait_for(lambda: any(u["Key"].endswith(key) for u in multipart_uploads(server, s3)), 60,
+                 "the checkpoint's multipart upload to S3")
+    return ArtifactsInFlight(server, tmp_path, monkeypatch, ARTIFACT_MB, await_upload)
+
+
+def test_postgres_stopped_then_started(server, postgres, in_flight):
     """With a checkpoint's upload and another artifact's downloads in flight, as in the soak's 60 s
     outage with a 1 GiB checkpoint."""
     probe = probe_run(server)
-    artifact = random_file(tmp_path / "model_final.pth", ARTIFACT_MB)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a failed download shows, not waits
-    dataset, dataset_run = random_file(tmp_path / "dataset.tar", 32), probe_run(server)
-    MlflowClient(server.url).log_artifact(dataset_run, str(dataset))
-    trainers = start_trainers(server, tmp_path, artifact=artifact)
-    wait_for(lambda: upload_in_flight(server, s3, artifact), 60, "the checkpoint's multipart upload to S3")
-    downloads = DownloadsInFlight(server, dataset_run, dataset, tmp_path / "dl")
-    with OperatorView(server) as operator, downloads:
+    trainers = in_flight.start_trainers()
+    with OperatorView(server) as operator, in_flight.downloads:
         postgres.stop()
         time.sleep(DATABASE_OUTAGE_S)
         postgres.start()
         recovered_s = seconds_until_writes_succeed(server, probe)
-    assert downloads.outcomes and "WRONG CONTENT reported complete" not in downloads.outcomes
     # /ready names both databases, /health stays up (no restart wanted), Prometheus counts the 503s.
     assert operator.failing_checks() == {"tracking_database", "auth_database"}
     assert set(operator.health) == {200}
@@ -81,10 +84,8 @@ def test_postgres_stopped_then_started(server, postgres, s3, tmp_path, monkeypat
     operator.assert_log_has_no_traceback()
     assert requests.get(f"{server.url}/ready", timeout=10).status_code == 200
     points = assert_every_point_stored_once_in_order(server, trainers)
-    assert_checkpoint_stored_whole(server, trainers[0], artifact, tmp_path)
     report(f"PostgreSQL stopped {DATABASE_OUTAGE_S:.0f} s", points, trainers,
-           writes_back_after_start_s=f"{recovered_s:.1f}", artifact="complete, SHA-256 equal",
-           downloads=dict(Counter(downloads.outcomes)), **operator.figures())
+           writes_back_after_start_s=f"{recovered_s:.1f}", **in_flight.assert_whole(trainers), **operator.figures())
 
 
 def test_mlflow_server_sigkilled_and_restarted(server, tmp_path):
@@ -106,39 +107,19 @@ def test_mlflow_server_sigkilled_and_restarted(server, tmp_path):
            server_startup_s=f"{startup_s:.1f}", writes_back_after_kill_s=f"{recovered_s:.1f}", **operator.figures())
 
 
-def multipart_uploads(server: TrackingServer, s3) -> list[dict]:
-    prefix = server.artifacts_destination.split("/", 3)[3]
-    return s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=prefix).get("Uploads", [])
-
-
-def upload_in_flight(server: TrackingServer, s3, artifact: Path) -> bool:
-    return any(u["Key"].endswith(f"checkpoints/{artifact.name}") for u in multipart_uploads(server, s3))
-
-
-def test_s3_restarted_mid_upload(server, s3, tmp_path, monkeypatch):
-    artifact = random_file(tmp_path / "model_final.pth", ARTIFACT_MB)
-    # An artifact already stored, downloaded while S3 restarts; the client's retries off so that a
-    # failure shows instead of waiting the outage out.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    dataset, dataset_run = random_file(tmp_path / "dataset.tar", 32), probe_run(server)
-    MlflowClient(server.url).log_artifact(dataset_run, str(dataset))
-    trainers = start_trainers(server, tmp_path, artifact=artifact)
-    wait_for(lambda: upload_in_flight(server, s3, artifact), 60, "the artifact's multipart upload to S3")
-    downloads = DownloadsInFlight(server, dataset_run, dataset, tmp_path / "dl")
-    with OperatorView(server) as operator, downloads:
+def test_s3_restarted_mid_upload(server, s3, in_flight):
+    trainers = in_flight.start_trainers()
+    with OperatorView(server) as operator, in_flight.downloads:
         restart_s = s3.restart()
-    assert downloads.outcomes and "WRONG CONTENT reported complete" not in downloads.outcomes
     assert operator.failing_checks() == {"artifact_store"}
     assert set(operator.health) == {200}
-    assert operator.answered(500) == 0, (Counter(downloads.outcomes), operator.log[-6000:])
+    assert operator.answered(500) == 0, (Counter(in_flight.downloads.outcomes), operator.log[-6000:])
     operator.assert_log_has_no_traceback()
     points = assert_every_point_stored_once_in_order(server, trainers)
-    assert_checkpoint_stored_whole(server, trainers[0], artifact, tmp_path)
+    artifacts = in_flight.assert_whole(trainers)
     leftover = multipart_uploads(server, s3)
-    report(f"S3 restarted mid-upload of {ARTIFACT_MB} MiB", points, trainers,
-           s3_restart_s=f"{restart_s:.1f}", artifact="complete, SHA-256 equal",
-           abandoned_multipart_uploads=len(leftover), downloads=dict(Counter(downloads.outcomes)),
-           **operator.figures())
+    report(f"S3 restarted mid-upload of {ARTIFACT_MB} MiB", points, trainers, s3_restart_s=f"{restart_s:.1f}",
+           abandoned_multipart_uploads=len(leftover), **artifacts, **operator.figures())
 
 
 def test_spool_disk_full_then_freed(server, tmp_path):

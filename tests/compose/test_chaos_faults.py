@@ -18,22 +18,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.chaos.fleet import (
-    DownloadsInFlight,
+    ArtifactsInFlight,
     OperatorView,
     UiLoad,
-    assert_checkpoint_stored_whole,
     assert_every_point_stored_once_in_order,
-    random_file,
     report,
     seconds_until_writes_succeed,
     spool_disk_full_then_freed,
-    start_trainers,
 )
 from tests.harness.fixtures import REPO_ROOT
 
@@ -42,7 +38,6 @@ pytestmark = [pytest.mark.compose, pytest.mark.chaos, pytest.mark.timeout(900)]
 DATABASE_OUTAGE_S = 20
 SESSION_KILLS, SESSION_KILL_EVERY_S = 5, 2.0
 CHECKPOINT_MB = int(os.environ.get("CHAOS_ARTIFACT_MB", "256"))  # long enough through the server to be in flight
-DOWNLOADED_MB = 32
 RESTART_TRAINING_S = 40
 
 # Run inside the server container (the S3 port is not published): waits until the checkpoint's
@@ -88,35 +83,16 @@ def restart_count(stack) -> int:
     return int(stack.run("docker", "inspect", "--format", "{{.RestartCount}}", mlflow_container(stack)).stdout)
 
 
-class ArtifactsInFlight:
-    """A checkpoint that trainer 0 uploads, and another artifact downloaded without pause (MLflow's
-    client, its retries off so a failure shows) while the fault lasts."""
-
-    def __init__(self, stack, tmp_path, monkeypatch):
-        self.stack, self.tmp_path = stack, tmp_path
-        self.checkpoint = random_file(tmp_path / "model_final.pth", CHECKPOINT_MB)
-        dataset, dataset_run = random_file(tmp_path / "dataset.tar", DOWNLOADED_MB), probe_run(stack)
-        MlflowClient(stack.url).log_artifact(dataset_run, str(dataset))
-        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        self.downloads = DownloadsInFlight(stack, dataset_run, dataset, tmp_path / "dl")
-
-    def start_trainers(self, **kwargs):
-        trainers = start_trainers(self.stack, self.tmp_path, artifact=self.checkpoint, **kwargs)
-        uploading = self.stack.compose("exec", "-T", "mlflow", "python3", "-c", AWAIT_THE_CHECKPOINT_S_UPLOAD,
-                                       f"checkpoints/{self.checkpoint.name}").stdout.strip()
-        assert uploading, "the checkpoint's upload was never seen in flight"
-        return trainers
-
-    def assert_whole(self, trainers) -> dict:
-        assert self.downloads.outcomes and "WRONG CONTENT reported complete" not in self.downloads.outcomes
-        assert_checkpoint_stored_whole(self.stack, trainers[0], self.checkpoint, self.tmp_path)
-        return {"checkpoint": f"{CHECKPOINT_MB} MiB complete, SHA-256 equal",
-                "downloads": dict(Counter(self.downloads.outcomes))}
+def await_upload_seen_by_the_server(stack):
+    def await_upload(key: str) -> None:
+        uploading = stack.compose("exec", "-T", "mlflow", "python3", "-c", AWAIT_THE_CHECKPOINT_S_UPLOAD, key)
+        assert uploading.stdout.strip(), "the checkpoint's upload was never seen in flight"
+    return await_upload
 
 
 @pytest.fixture
 def in_flight(stack, tmp_path, monkeypatch):
-    return ArtifactsInFlight(stack, tmp_path, monkeypatch)
+    return ArtifactsInFlight(stack, tmp_path, monkeypatch, CHECKPOINT_MB, await_upload_seen_by_the_server(stack))
 
 
 def test_postgres_container_stopped_then_started(stack, in_flight):
