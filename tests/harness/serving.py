@@ -21,7 +21,8 @@ class ServingServer:
     def __init__(self, root: Path, tracking_url: str, username: str, password: str, models: str, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        root.mkdir(parents=True, exist_ok=True)
+        self.temp_dir = root / f"serving-{self.port}-tmp"
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.log_file = root / f"serving-{self.port}.log"
         password_file = root / f"serving-{self.port}.password"
         password_file.write_text(password + "\n")  # as the compose secrets volume hands it over
@@ -29,7 +30,7 @@ class ServingServer:
         self.env = {
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
             "HOME": str(root),
-            "TMPDIR": str(root),
+            "TMPDIR": str(self.temp_dir),
             # The image installs cvops from trainer/ (services/serving/Dockerfile): this checkout's.
             "PYTHONPATH": str(REPO_ROOT / "trainer" / "src"),
             "MLFLOW_TRACKING_URI": tracking_url,

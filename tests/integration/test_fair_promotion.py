@@ -5,6 +5,7 @@ versions' evaluations on that one dataset instead of on what their training runs
 from __future__ import annotations
 
 import json
+import tempfile
 import uuid
 
 import numpy as np
@@ -129,7 +130,10 @@ def test_promotion_gates_on_one_fair_evaluation_not_on_what_each_run_logged(sdk_
         assert expected in card
 
 
-def test_cvops_evaluate_scores_an_alias_per_class_and_names_a_missing_class_tag(sdk_env, tmp_path, capsys):
+def test_cvops_evaluate_scores_an_alias_per_class_and_names_a_missing_class_tag(sdk_env, tmp_path, capsys, monkeypatch):
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     client = MlflowClient(sdk_env.url)
     dataset = tmp_path / "squares"
     write_squares_dataset(dataset)
@@ -149,3 +153,5 @@ def test_cvops_evaluate_scores_an_alias_per_class_and_names_a_missing_class_tag(
     assert result.metrics["eval/predictions_outside_dataset_classes"] == 0
     per_class = {row["class"]: row for row in result.evaluation.per_class_table()}
     assert per_class["square"]["ground_truth"] == 4 and per_class["circle"]["ground_truth"] == 0
+    # Each evaluation downloaded the model; no copy stays on the disk after it.
+    assert not list(temp.rglob("MLmodel")), sorted(map(str, temp.rglob("MLmodel")))

@@ -169,6 +169,15 @@ def test_follows_champion_to_a_promoted_version_without_failed_requests(served, 
     assert set(versions[:switch]) == {"1"} and set(versions[switch:]) == {challenger}  # one switch, no flapping
     assert {tuple(classes) for _, version, classes in answers if version == challenger} == {(SECOND_CLASS,) * DETECTIONS_PER_IMAGE}
 
+    # The version swapped out leaves the disk: one downloaded copy per served model remains.
+    def model_copies() -> list[str]:
+        return sorted(str(found.parent.relative_to(server.temp_dir)) for found in server.temp_dir.rglob("MLmodel"))
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(model_copies()) != 2:
+        time.sleep(0.5)
+    assert len(model_copies()) == 2, model_copies()
+
 
 def _model_that_cannot_load():
     import mlflow.pyfunc

@@ -8,12 +8,14 @@ that fails to load is logged and retried on the next poll while the previous one
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from cvops.detection_schema import CLASS_NAMES_TAG, InputFormat, class_names_from_tag, normalise
+from cvops.registry import load_registered_version
 from mlflow import MlflowClient
 
 from cvops_serving.config import ModelSpec
@@ -28,6 +30,9 @@ class LoadedVersion:
     pyfunc: object
     input_format: InputFormat
     class_names: dict[int, str]
+    # The version's downloaded files: removed once the version is swapped out and the last request
+    # that picked it up has answered (the last reference goes), so the disk holds one copy per model.
+    files: tempfile.TemporaryDirectory | None = None
 
     def predict(self, images) -> list[dict]:
         output = self.pyfunc.predict(self.input_format.model_input(images))
@@ -35,11 +40,10 @@ class LoadedVersion:
 
 
 def load_version(client: MlflowClient, name: str, version: str) -> LoadedVersion:
-    import mlflow.pyfunc
-
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    pyfunc, files = load_registered_version(name, version)
     tags = client.get_model_version(name, version).tags
-    return LoadedVersion(name, version, pyfunc, InputFormat.of(pyfunc), class_names_from_tag(tags.get(CLASS_NAMES_TAG)))
+    return LoadedVersion(name, version, pyfunc, InputFormat.of(pyfunc), class_names_from_tag(tags.get(CLASS_NAMES_TAG)),
+                         files)
 
 
 @dataclass(frozen=True)

@@ -550,12 +550,12 @@ def evaluate_registered_model(
     """
     import json
 
-    import mlflow.pyfunc
     from mlflow import MlflowClient
 
     import cvops
     from cvops.detection_dataset import DetectionDataset, class_index, load_detection_dataset
     from cvops.detection_schema import CLASS_NAMES_TAG, InputFormat, class_names_from_tag, read_output
+    from cvops.registry import load_registered_version
 
     client = client or MlflowClient()
     name, version = resolve_model_uri(model_uri, client)
@@ -571,7 +571,7 @@ def evaluate_registered_model(
             )
     to_dataset_class = class_index(model_classes, data.class_names)
     images = data.load_images()
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    model, model_files = load_registered_version(name, version)
     input_format = InputFormat.of(model)
     outside = 0
 
@@ -590,7 +590,7 @@ def evaluate_registered_model(
 
     evaluated = f"models:/{name}/{version}"
     tags = {EVALUATED_MODEL_TAG: evaluated, "task": "evaluation"}
-    with cvops.start_run(experiment=experiment, run_name=f"evaluate {name} v{version}", tags=tags) as run:
+    with model_files, cvops.start_run(experiment=experiment, run_name=f"evaluate {name} v{version}", tags=tags) as run:
         if not run.enabled:
             raise RuntimeError("evaluate_registered_model logs an evaluation run: set MLFLOW_TRACKING_URI")
         digest = run.log_dataset(data.root, name=data.annotations.stem, context="evaluation", files=data.files)

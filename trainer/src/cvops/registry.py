@@ -18,6 +18,7 @@ import importlib
 import json
 import math
 import os
+import tempfile
 import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -45,6 +46,21 @@ class RegisteredVersion:
     @property
     def registry_uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+
+def load_registered_version(name: str, version: str | int):
+    """Load ``models:/<name>/<version>`` as a pyfunc model from a folder of its own; returns the
+    model and that folder's ``TemporaryDirectory``, which removes the copy when cleaned up or when
+    the last reference to it goes. MLflow's default, a ``mkdtemp()`` never removed, left a copy
+    of the model (100 MB and more) on the disk at every load."""
+    import mlflow.pyfunc
+
+    files = tempfile.TemporaryDirectory(prefix=f"cvops-model-{name}-v{version}-")
+    try:
+        return mlflow.pyfunc.load_model(f"models:/{name}/{version}", dst_path=files.name), files
+    except BaseException:
+        files.cleanup()
+        raise
 
 
 def _client(run) -> MlflowClient:
