@@ -90,6 +90,20 @@ compose_v2() {
     rm -rf "$work"
 }
 
+# What a whole pytest run adds to the disk at its peak, measured on a fresh machine (the compose
+# tier's images and volumes, or a framework's model environment): README.md, "Set up".
+PYTEST_PEAK_GB=16
+
+disk_space() {
+    step "Disk space (a whole run needs about $PYTEST_PEAK_GB GB free from here)"
+    local free_gb
+    free_gb=$(df -P -BG "$ROOT" "${TMPDIR:-/tmp}" /var/lib/docker 2>/dev/null | awk 'NR > 1 {sub("G", "", $4); print $4}' | sort -n | head -n 1)
+    df -h "$ROOT" "${TMPDIR:-/tmp}" | uniq
+    if [ -n "$free_gb" ] && [ "$free_gb" -lt "$PYTEST_PEAK_GB" ]; then
+        echo "WARNING: ${free_gb} GB free: the run may stop with 'No space left on device' (free some, or run one tier)"
+    fi
+}
+
 run_pytest() {
     step "pytest $*"
     local rc=0
@@ -104,4 +118,5 @@ start_docker_engine
 python_environment
 framework_environments
 compose_v2
+disk_space
 run_pytest "$@"
