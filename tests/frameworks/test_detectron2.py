@@ -131,7 +131,6 @@ def test_evaluation_artifacts_and_latency_arrive_at_the_final_step(trained):
 
 def test_registration_exports_torchscript_and_onnx_with_their_parity_recorded(trained, d2_python, shapes, tmp_path):
     from cvops import export
-    from cvops.integrations import detectron2
 
     client, name = trained["client"], trained["model_name"]
     version = client.get_model_version(name, str(trained["registered_version"]))
@@ -141,7 +140,7 @@ def test_registration_exports_torchscript_and_onnx_with_their_parity_recorded(tr
         folder = export.artifact_dir(format_name)
         assert {f.path for f in client.list_artifacts(version.run_id, folder)} == {f"{folder}/{file}", f"{folder}/export.json"}
         record = json.loads(Path(client.download_artifacts(version.run_id, f"{folder}/export.json", str(tmp_path))).read_text())
-        assert record["passed"] and record["samples"] == detectron2.EXPORT_SAMPLES and record["versions"]["torch"].startswith("2.")
+        assert record["passed"] and record["samples"] == export.CHECK_SAMPLES and record["versions"]["torch"].startswith("2.")
         assert 0 <= metrics[f"export/{format_name}_max_abs_diff"] <= export.DEFAULT_TOLERANCE
         assert metrics[f"export/{format_name}_latency_ms"] > 0
         print(f"{format_name}: max |diff| {metrics[f'export/{format_name}_max_abs_diff']:.3g}, "

@@ -14,6 +14,7 @@ keras = pytest.importorskip("keras")
 mlflow = pytest.importorskip("mlflow")
 
 import cvops  # noqa: E402
+from cvops import export  # noqa: E402
 from cvops.evaluation import Detections  # noqa: E402
 from cvops.integrations.keras import CvopsCallback  # noqa: E402
 
@@ -131,11 +132,40 @@ def test_fit_logs_metrics_params_samples_evaluation_and_a_registered_model(track
     (version,) = client.search_model_versions(f"name='{model_name}'")
     assert version.run_id == run_id
     assert json.loads(version.tags["cvops.class_names"]) == CLASSES  # what serving and `cvops evaluate` name classes by
+    assert export.tag("onnx") not in version.tags  # CVOPS_EXPORT is off unless set
     uri = f"models:/{model_name}/{version.version}"
     assert mlflow.models.get_model_info(uri).signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, SIZE, SIZE, 3)
     assert mlflow.models.get_model_info(uri).saved_input_example_info is not None
     served = mlflow.pyfunc.load_model(uri).predict(val_images[:3])
     np.testing.assert_allclose(np.asarray(served["box"]), registered_boxes, rtol=1e-5)
+
+
+
+def test_with_export_on_register_the_registered_version_gets_a_checked_onnx_copy(tracking_env, tmp_path, monkeypatch):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("CVOPS_EXPORT", "register")
+    images, boxes, labels = synthetic_boxes(16, seed=0)
+    val_images, val_boxes, val_labels = synthetic_boxes(8, seed=1)
+    model_name = f"keras-export-{time.time_ns()}"
+    model = tiny_detector()
+    with cvops.start_run(experiment="integrations-keras", run_name="export-on-register") as run:
+        model.fit(images, {"box": boxes, "cls": labels}, epochs=1, batch_size=8, verbose=0,
+                  callbacks=[CvopsCallback(run, registered_model_name=model_name, decode_predictions=decode, class_names=CLASSES,
+                                           input_example=val_images[:2],
+                                           evaluation_data=(val_images, ground_truth(val_boxes, val_labels)))])
+
+    client = mlflow.MlflowClient()
+    (version,) = client.search_model_versions(f"name='{model_name}'")
+    assert version.tags[export.tag("onnx")] == "passed", version.tags[export.tag("onnx")]
+    folder = export.artifact_dir("onnx")
+    assert {f.path for f in client.list_artifacts(version.run_id, folder)} == {f"{folder}/model.onnx", f"{folder}/export.json"}
+    record = json.loads(open(client.download_artifacts(version.run_id, f"{folder}/export.json", str(tmp_path))).read())
+    assert record["passed"] and record["versions"]["tf2onnx"]
+    logged_model = client.get_logged_model(version.source.removeprefix("models:/"))  # the version's LoggedModel
+    metrics = {metric.key: metric.value for metric in logged_model.metrics}
+    assert 0 <= metrics["export/onnx_max_abs_diff"] <= export.DEFAULT_TOLERANCE
+    assert metrics["export/onnx_latency_ms"] > 0 and metrics["export/native_latency_ms"] > 0
 
 
 def test_autolog_is_turned_off_so_nothing_is_logged_twice(tracking_env):

@@ -17,8 +17,8 @@ difference over every output as the parity figure, times both, and records on th
 
 The converters are thin and live beside their framework: Keras → ONNX (tf2onnx) here,
 Detectron2 → TorchScript and ONNX in :mod:`cvops.integrations.detectron2`, TF OD API SavedModel
-→ ONNX in :mod:`cvops.integrations.tfod`. With ``CVOPS_EXPORT=register`` the adapters export
-each model they register. A failed export or parity check warns and is recorded; it never
+→ ONNX in :mod:`cvops.integrations.tfod`. With ``CVOPS_EXPORT=register`` the adapters (the
+Detectron2 hook, the Keras callback, the OD API bridge) export each model they register. A failed export or parity check warns and is recorded; it never
 raises, so registration is never blocked and never silently left without a verdict.
 """
 from __future__ import annotations
@@ -40,6 +40,8 @@ DEFAULT_OPSET = 17
 # 0-1 agree far better than this on the models tested; a real divergence is orders larger.
 DEFAULT_TOLERANCE = 1e-3
 ONNX_EXTRA = "pip install 'cvops[onnx]'"
+# With CVOPS_EXPORT=register the adapters check and time an export on this many evaluation images.
+CHECK_SAMPLES = 4
 
 
 def tag(format_name: str) -> str:

@@ -47,7 +47,6 @@ from cvops.sweeps.trial import TrialPruned, objective_value, report_intermediate
 
 log = logging.getLogger(__name__)
 
-EXPORT_SAMPLES = 4  # test images the exported models are checked and timed on
 EXPORT_OUTPUTS = ("boxes", "scores", "classes")
 
 _HAVE_DETECTRON2 = importlib.util.find_spec("detectron2") is not None
@@ -369,7 +368,7 @@ class CvopsHook(_HookBase):
     def _export(self, version) -> None:
         """CVOPS_EXPORT=register: TorchScript and ONNX of the trained model, checked on the first
         test images (cvops.export)."""
-        images = _test_images(self.trainer.cfg, EXPORT_SAMPLES)[2]
+        images = _test_images(self.trainer.cfg, export.CHECK_SAMPLES)[2]
         if not images:
             log.warning("cvops: no test dataset (cfg.DATASETS.TEST) to check the exported model on: not exported")
             return

@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from cvops import evaluation
+from cvops import evaluation, export
 from cvops.evaluation import Detections
 from cvops.integrations import _pyfunc
 from cvops.integrations._common import never_raises, require
@@ -203,11 +203,23 @@ class CvopsCallback(keras.callbacks.Callback):
         if self.evaluation_data is not None:
             self._evaluate()
         if self.registered_model_name and not self._defer_to_autolog:
-            _pyfunc.log_keras_model(
+            version = _pyfunc.log_keras_model(
                 self.run, self.model, input_example=self.input_example,
                 registered_model_name=None if in_trial() else self.registered_model_name,
                 class_names=self.class_names,
             )
+            if version is not None and self.run.export_on == "register":
+                self._export(version)
+
+    @never_raises
+    def _export(self, version) -> None:
+        """CVOPS_EXPORT=register: ONNX of the registered model, checked on the first evaluation
+        images (else the sample images; cvops.export)."""
+        images = self.evaluation_data[0] if self.evaluation_data is not None else self.sample_images
+        if images is None or not len(images):
+            log.warning("cvops: no evaluation_data or sample_images to check the exported model on: not exported")
+            return
+        log.info("cvops: %s", export.export_keras_onnx(self.model, version, images[:export.CHECK_SAMPLES]).summary())
 
     def _evaluate(self) -> None:
         images, ground_truth = self.evaluation_data

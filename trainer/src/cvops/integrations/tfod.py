@@ -73,7 +73,6 @@ DEFAULT_CHECKPOINT_EVERY_N = 1000  # model_main_tf2.py's default, the ceiling of
 # A derived interval may not save more than twice as often as the default would (at least 50 saves
 # allowed): each checkpoint is written, rotated and uploaded to the run.
 MIN_ALLOWED_SAVES = 50
-EXPORT_SAMPLES = 4  # evaluation images the exported model is checked and timed on
 
 
 class FinalEvaluationError(RuntimeError):
@@ -640,5 +639,5 @@ def export_registered_saved_model(saved_model: str | Path, version, pipeline_con
     if importlib.util.find_spec("tensorflow") is None:
         log.warning("cvops: TensorFlow is not importable in this process: the registered model is not exported")
         return
-    images = read_eval_records(read_pipeline_config(pipeline_config_path))[0][:EXPORT_SAMPLES]
+    images = read_eval_records(read_pipeline_config(pipeline_config_path))[0][:export.CHECK_SAMPLES]
     log.info("cvops: %s", export_saved_model_detector(saved_model, version, images).summary())
