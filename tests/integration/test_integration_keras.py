@@ -168,6 +168,23 @@ def test_with_export_on_register_the_registered_version_gets_a_checked_onnx_copy
     assert metrics["export/onnx_latency_ms"] > 0 and metrics["export/native_latency_ms"] > 0
 
 
+
+def test_a_failing_evaluation_still_logs_and_registers_the_model(tracking_env, caplog):
+    images, boxes, labels = synthetic_boxes(16, seed=0)
+    model_name = f"keras-eval-fails-{time.time_ns()}"
+    model = tiny_detector()
+    with cvops.start_run(experiment="integrations-keras", run_name="evaluation-fails") as run:
+        # No class_names: the evaluation refuses the predicted class ids it cannot name.
+        model.fit(images, {"box": boxes, "cls": labels}, epochs=1, batch_size=8, verbose=0,
+                  callbacks=[CvopsCallback(run, registered_model_name=model_name, decode_predictions=decode,
+                                           input_example=images[:2],
+                                           evaluation_data=(images, ground_truth(boxes, labels)))])
+
+    assert "outside class_names" in caplog.text  # the user is told why there is no evaluation
+    (version,) = mlflow.MlflowClient().search_model_versions(f"name='{model_name}'")
+    assert mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}") is not None
+
+
 def test_autolog_is_turned_off_so_nothing_is_logged_twice(tracking_env):
     mlflow.tensorflow.autolog(log_models=False, silent=True)
     images, boxes, labels = synthetic_boxes(16, seed=2)

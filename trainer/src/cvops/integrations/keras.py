@@ -221,6 +221,7 @@ class CvopsCallback(keras.callbacks.Callback):
             return
         log.info("cvops: %s", export.export_keras_onnx(self.model, version, images[:export.CHECK_SAMPLES]).summary())
 
+    @never_raises  # a failed evaluation (say, class_names not matching the model) must not cost the model
     def _evaluate(self) -> None:
         images, ground_truth = self.evaluation_data
         evaluation.evaluate_detector(
