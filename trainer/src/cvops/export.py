@@ -18,8 +18,9 @@ difference over every output as the parity figure, times both, and records on th
 The converters are thin and live beside their framework: Keras → ONNX (tf2onnx) here,
 Detectron2 → TorchScript and ONNX in :mod:`cvops.integrations.detectron2`, TF OD API SavedModel
 → ONNX in :mod:`cvops.integrations.tfod`. With ``CVOPS_EXPORT=register`` the adapters (the
-Detectron2 hook, the Keras callback, the OD API bridge) export each model they register. A failed export or parity check warns and is recorded; it never
-raises, so registration is never blocked and never silently left without a verdict.
+Detectron2 hook, the Keras callback, the OD API bridge) export each model they register. A
+failed export or parity check warns and is recorded; it never raises, so registration is never
+blocked and never silently left without a verdict.
 """
 from __future__ import annotations
 
