@@ -14,7 +14,7 @@ keras = pytest.importorskip("keras")
 mlflow = pytest.importorskip("mlflow")
 
 import cvops  # noqa: E402
-from cvops import export  # noqa: E402
+from cvops import export, registry  # noqa: E402
 from cvops.evaluation import Detections  # noqa: E402
 from cvops.integrations.keras import CvopsCallback  # noqa: E402
 
@@ -140,23 +140,30 @@ def test_fit_logs_metrics_params_samples_evaluation_and_a_registered_model(track
     np.testing.assert_allclose(np.asarray(served["box"]), registered_boxes, rtol=1e-5)
 
 
+def fit_one_epoch_and_register(model_name: str, evaluated_on, **callback_options):
+    """The tiny detector trained one epoch with a callback that evaluates on ``evaluated_on``
+    (images, boxes, labels) and registers it as ``model_name``; returns the registered version."""
+    images, boxes, labels = synthetic_boxes(16, seed=0)
+    eval_images, eval_boxes, eval_labels = evaluated_on
+    with cvops.start_run(experiment="integrations-keras", run_name=model_name) as run:
+        callback = CvopsCallback(run, registered_model_name=model_name, decode_predictions=decode,
+                                 input_example=eval_images[:2],
+                                 evaluation_data=(eval_images, ground_truth(eval_boxes, eval_labels)),
+                                 **callback_options)
+        tiny_detector().fit(images, {"box": boxes, "cls": labels}, epochs=1, batch_size=8, verbose=0,
+                            callbacks=[callback])
+    (version,) = mlflow.MlflowClient().search_model_versions(f"name='{model_name}'")
+    return version
+
 
 def test_with_export_on_register_the_registered_version_gets_a_checked_onnx_copy(tracking_env, tmp_path, monkeypatch):
     pytest.importorskip("tf2onnx")
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("CVOPS_EXPORT", "register")
-    images, boxes, labels = synthetic_boxes(16, seed=0)
-    val_images, val_boxes, val_labels = synthetic_boxes(8, seed=1)
-    model_name = f"keras-export-{time.time_ns()}"
-    model = tiny_detector()
-    with cvops.start_run(experiment="integrations-keras", run_name="export-on-register") as run:
-        model.fit(images, {"box": boxes, "cls": labels}, epochs=1, batch_size=8, verbose=0,
-                  callbacks=[CvopsCallback(run, registered_model_name=model_name, decode_predictions=decode, class_names=CLASSES,
-                                           input_example=val_images[:2],
-                                           evaluation_data=(val_images, ground_truth(val_boxes, val_labels)))])
+    version = fit_one_epoch_and_register(f"keras-export-{time.time_ns()}", synthetic_boxes(8, seed=1),
+                                         class_names=CLASSES)
 
     client = mlflow.MlflowClient()
-    (version,) = client.search_model_versions(f"name='{model_name}'")
     assert version.tags[export.tag("onnx")] == "passed", version.tags[export.tag("onnx")]
     folder = export.artifact_dir("onnx")
     assert {f.path for f in client.list_artifacts(version.run_id, folder)} == {f"{folder}/model.onnx", f"{folder}/export.json"}
@@ -168,21 +175,14 @@ def test_with_export_on_register_the_registered_version_gets_a_checked_onnx_copy
     assert metrics["export/onnx_latency_ms"] > 0 and metrics["export/native_latency_ms"] > 0
 
 
-
 def test_a_failing_evaluation_still_logs_and_registers_the_model(tracking_env, caplog):
-    images, boxes, labels = synthetic_boxes(16, seed=0)
-    model_name = f"keras-eval-fails-{time.time_ns()}"
-    model = tiny_detector()
-    with cvops.start_run(experiment="integrations-keras", run_name="evaluation-fails") as run:
-        # No class_names: the evaluation refuses the predicted class ids it cannot name.
-        model.fit(images, {"box": boxes, "cls": labels}, epochs=1, batch_size=8, verbose=0,
-                  callbacks=[CvopsCallback(run, registered_model_name=model_name, decode_predictions=decode,
-                                           input_example=images[:2],
-                                           evaluation_data=(images, ground_truth(boxes, labels)))])
+    # No class_names: the evaluation refuses the predicted class ids it cannot name.
+    version = fit_one_epoch_and_register(f"keras-eval-fails-{time.time_ns()}", synthetic_boxes(16, seed=0))
 
     assert "outside class_names" in caplog.text  # the user is told why there is no evaluation
-    (version,) = mlflow.MlflowClient().search_model_versions(f"name='{model_name}'")
-    assert mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}") is not None
+    model, files = registry.load_registered_version(version.name, version.version)
+    with files:
+        assert model is not None
 
 
 def test_autolog_is_turned_off_so_nothing_is_logged_twice(tracking_env):
