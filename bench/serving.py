@@ -32,7 +32,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -44,10 +43,9 @@ from mlflow import MlflowClient
 from bench.report import parse_args, percentile, print_table, save
 from bench.stack import Stack
 from tests.harness.fixtures import _stop_process_group, _tail, _wait_until, free_port
-from tests.harness.serving import IMAGE_SIZE, ServingServer, register_box_detector
+from tests.harness.serving import IMAGE_SIZE, PredictionLoad, ServingServer, answered_version, register_box_detector
 
 CLIENTS = 4
-RETRY_PAUSE_S = 0.1
 BATCHES = (1, 8)
 
 
@@ -163,10 +161,10 @@ class MLServer(ScoringProcess):
         requests.post(f"{self.url}/v2/repository/models/{self.name}/load", timeout=300).raise_for_status()
 
 
-def _ours_request(server: ServingServer, name: str, auth, batch: int):
-    images = [_png(seed) for seed in range(batch)]
+def ours_request(server: ServingServer, name: str, auth, images: list[bytes]):
+    """What a client of ours sends: PNG bytes, one as the raw body, a batch as multipart files."""
     url = f"{server.url}/v1/models/{name}/predict"
-    if batch == 1:
+    if len(images) == 1:
         return lambda session: session.post(url, data=images[0], headers={"Content-Type": "image/png"}, auth=auth, timeout=60)
     files = [("image", (f"{i}.png", image, "image/png")) for i, image in enumerate(images)]
     return lambda session: session.post(url, files=files, auth=auth, timeout=60)
@@ -194,10 +192,6 @@ def _mlserver_request(server: MLServer, batch: int):
                                         headers={"Content-Type": "application/json"}, timeout=60)
 
 
-def _version_header(response: requests.Response) -> str | None:
-    return response.headers.get("X-Model-Version")
-
-
 def _answered_class_id(response: requests.Response) -> str | None:
     """Which box detector answered a V2 response (its detections' class id): MLServer's answer
     does not name the registered version."""
@@ -207,56 +201,20 @@ def _answered_class_id(response: requests.Response) -> str | None:
     return str(round(classes["data"][0]))
 
 
-class Load:
-    """CLIENTS threads sending one request kind in a closed loop until stopped."""
-
-    def __init__(self, send, version_of=_version_header):
-        self._send = send
-        self._version_of = version_of
-        self._stop = threading.Event()
-        self.answers: list[tuple[float, float, int, str | None]] = []  # (start, seconds, status, version)
-        self._threads = [threading.Thread(target=self._loop) for _ in range(CLIENTS)]
-
-    def _loop(self) -> None:
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    response = self._send(session)
-                    status, version = response.status_code, self._version_of(response)
-                except requests.RequestException:
-                    status, version = 0, None
-                self.answers.append((started, time.perf_counter() - started, status, version))
-                if status != 200:
-                    # As a client with a retry would: a refused connection returns at once, and
-                    # counting those spins would measure the loop, not the outage.
-                    time.sleep(RETRY_PAUSE_S)
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(120)
-
-
-def _measure(send, seconds: float) -> dict:
-    with Load(send) as warm_up:
+def measure(send, seconds: float) -> dict:
+    with PredictionLoad(send, clients=CLIENTS) as warm_up:
         time.sleep(2)
     assert all(status == 200 for _, _, status, _ in warm_up.answers), "warm-up requests failed"
-    with Load(send) as load:
+    with PredictionLoad(send, clients=CLIENTS) as load:
         time.sleep(seconds)
     latencies = [s * 1000 for _, s, status, _ in load.answers if status == 200]
     return {"requests": len(load.answers), "failed": sum(1 for a in load.answers if a[2] != 200),
             "rps": len(latencies) / seconds, "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95)}
 
 
-def _switch(send, move_alias, switched, version_of=_version_header) -> dict:
+def switch_under_load(send, move_alias, switched, version_of=answered_version) -> dict:
     """Send under load, move the alias (``move_alias``), wait until ``switched(answers)``."""
-    with Load(send, version_of) as load:
+    with PredictionLoad(send, clients=CLIENTS, version_of=version_of) as load:
         time.sleep(1)
         moved_at = time.perf_counter()
         move_alias()
@@ -293,10 +251,10 @@ def main() -> None:
                 mlserver.start()
                 rows, data = [], {"clients": CLIENTS, "seconds": seconds, "cells": {}}
                 for batch in BATCHES:
-                    for engine, send in (("ours (PNG)", _ours_request(ours, name, auth, batch)),
+                    for engine, send in (("ours (PNG)", ours_request(ours, name, auth, [_png(seed) for seed in range(batch)])),
                                          ("mlflow models serve (JSON tensor)", _mlflow_request(mlflow_server, batch)),
                                          ("MLServer (V2 JSON tensor)", _mlserver_request(mlserver, batch))):
-                        cell = _measure(send, seconds)
+                        cell = measure(send, seconds)
                         data["cells"][f"{engine} batch {batch}"] = cell
                         rows.append([engine, batch, f"{cell['rps']:.1f}", f"{cell['rps'] * batch:.1f}",
                                      f"{cell['p50_ms']:.1f}", f"{cell['p95_ms']:.1f}", cell["failed"]])
@@ -304,8 +262,8 @@ def main() -> None:
                                     ["engine", "batch", "requests/s", "images/s", "p50 ms", "p95 ms", "failed"], rows)
 
                 second = register_box_detector(name, class_id=2)
-                ours_switch = _switch(
-                    _ours_request(ours, name, auth, 1),
+                ours_switch = switch_under_load(
+                    ours_request(ours, name, auth, [_png(0)]),
                     lambda: client.set_registered_model_alias(name, "champion", second),
                     lambda answers: any(version == second for *_, version in answers))
                 third = register_box_detector(name, class_id=3)
@@ -315,7 +273,7 @@ def main() -> None:
                     mlflow_server.stop()
                     mlflow_server.start()
 
-                mlflow_switch = _switch(_mlflow_request(mlflow_server, 1), restart_on_the_new_version,
+                mlflow_switch = switch_under_load(_mlflow_request(mlflow_server, 1), restart_on_the_new_version,
                                         lambda answers: answers and answers[-1][2] == 200)
                 fourth_class_id = 4
                 fourth = register_box_detector(name, class_id=fourth_class_id)
@@ -324,7 +282,7 @@ def main() -> None:
                     client.set_registered_model_alias(name, "champion", fourth)
                     mlserver.reload()
 
-                mlserver_switch = _switch(_mlserver_request(mlserver, 1), reload_through_the_repository_api,
+                mlserver_switch = switch_under_load(_mlserver_request(mlserver, 1), reload_through_the_repository_api,
                                           lambda answers: any(version == str(fourth_class_id) for *_, version in answers),
                                           version_of=_answered_class_id)
             finally:

@@ -8,7 +8,6 @@ tests/harness/serving.py records as its requirement), from PyPI; the test skips 
 from __future__ import annotations
 
 import os
-import threading
 import time
 import uuid
 
@@ -17,7 +16,7 @@ import requests
 from mlflow import MlflowClient
 
 from tests.harness.fixtures import free_port
-from tests.harness.serving import register_box_detector
+from tests.harness.serving import assert_one_switch_without_failures, move_alias_under_load, register_box_detector
 from tests.integration.sdk_env import use_sdk_env
 from tests.integration.test_serving import png
 
@@ -67,32 +66,12 @@ def test_the_profile_serves_champion_and_follows_a_promotion(serving, compose_st
     assert first.status_code == 200, first.text
     assert first.headers["X-Model-Version"] == "1" and first.json()["predictions"][0]["class_ids"] == [1, 1]
 
-    answers: list[tuple[int, str | None]] = []
-    stop = threading.Event()
-
-    def keep_predicting():
-        with requests.Session() as session:
-            while not stop.is_set():
-                try:
-                    response = session.post(predict, data=png(0), auth=auth, timeout=30)
-                    answers.append((response.status_code, response.headers.get("X-Model-Version")))
-                except requests.RequestException as exc:
-                    answers.append((0, repr(exc)))
-
-    sender = threading.Thread(target=keep_predicting)
-    sender.start()
-    try:
-        use_sdk_env(monkeypatch, compose_stack, tmp_path)
-        second = register_box_detector(name, class_id=2)
-        client.set_registered_model_alias(name, "champion", second)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (answers and answers[-1][1] == second):
-            time.sleep(0.2)
-    finally:
-        stop.set()
-        sender.join(60)
-    assert [a for a in answers if a[0] != 200] == [], compose_stack.logs("serving")
-    assert answers[-1][1] == second, compose_stack.logs("serving")
+    use_sdk_env(monkeypatch, compose_stack, tmp_path)
+    second = register_box_detector(name, class_id=2)
+    answers = move_alias_under_load(lambda session: session.post(predict, data=png(0), auth=auth, timeout=30),
+                                    lambda: client.set_registered_model_alias(name, "champion", second), second,
+                                    timeout_s=120)
+    assert_one_switch_without_failures(answers, "1", second, compose_stack.logs("serving"))
 
 
 def test_the_container_runs_as_its_own_user_with_the_secret_as_a_file(serving, compose_stack):

@@ -1,11 +1,15 @@
 """The inference server (services/serving) started as its container starts it (gunicorn with the
-image's config), and a small Keras detector registered for it to serve; shared by
-tests/integration/test_serving.py and bench/serving.py."""
+image's config), clients that keep predicting while an alias moves, and a small Keras detector
+registered for it to serve; shared by tests/integration/test_serving.py, the framework tier and
+bench/serving.py."""
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import requests
@@ -18,7 +22,10 @@ DETECTIONS_PER_IMAGE = 2
 
 
 class ServingServer:
-    def __init__(self, root: Path, tracking_url: str, username: str, password: str, models: str, **env: str):
+    """``python``: the interpreter of the environment it runs in (a framework's, for its models)."""
+
+    def __init__(self, root: Path, tracking_url: str, username: str, password: str, models: str, *,
+                 python: Path | str = sys.executable, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.temp_dir = root / f"serving-{self.port}-tmp"
@@ -28,7 +35,7 @@ class ServingServer:
         password_file.write_text(password + "\n")  # as the compose secrets volume hands it over
         password_file.chmod(0o600)
         self.env = {
-            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+            "PATH": f"{Path(python).parent}:/usr/bin:/bin",
             "HOME": str(root),
             "TMPDIR": str(self.temp_dir),
             # The image installs cvops from trainer/ (services/serving/Dockerfile): this checkout's.
@@ -43,9 +50,9 @@ class ServingServer:
             **env,
         }
         self._proc: subprocess.Popen | None = None
-
-    # The image's CMD (services/serving/Dockerfile).
-    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "cvops_serving.app:application_from_environ()"]
+        # The image's CMD (services/serving/Dockerfile).
+        self.command = [str(python), "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                        "cvops_serving.app:application_from_environ()"]
 
     def start(self) -> None:
         """Start gunicorn and wait for /health (not /ready: models load in the background)."""
@@ -73,6 +80,74 @@ class ServingServer:
         if self._proc is not None:
             _stop_process_group(self._proc)
             self._proc = None
+
+
+def answered_version(response: requests.Response) -> str | None:
+    return response.headers.get("X-Model-Version")
+
+
+class PredictionLoad:
+    """``clients`` threads sending one request (``send(session)``) in a closed loop until the block
+    ends. Every answer is kept in ``answers`` as (start, seconds, status, version), the version
+    being what ``version_of`` reads off the response (status 0: no response at all)."""
+
+    # As a client with a retry would: a refused connection returns at once, and counting those
+    # spins would measure the loop, not the outage.
+    RETRY_PAUSE_S = 0.1
+
+    def __init__(self, send: Callable[[requests.Session], requests.Response], *, clients: int = 1,
+                 version_of: Callable[[requests.Response], str | None] = answered_version):
+        self._send = send
+        self._version_of = version_of
+        self._stop = threading.Event()
+        self.answers: list[tuple[float, float, int, str | None]] = []
+        self._threads = [threading.Thread(target=self._loop) for _ in range(clients)]
+
+    def _loop(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    response = self._send(session)
+                    status, version = response.status_code, self._version_of(response)
+                except requests.RequestException:
+                    status, version = 0, None
+                self.answers.append((started, time.perf_counter() - started, status, version))
+                if status != 200:
+                    time.sleep(self.RETRY_PAUSE_S)
+
+    def __enter__(self) -> PredictionLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(120)
+
+
+def move_alias_under_load(send: Callable[[requests.Session], requests.Response], move_alias: Callable[[], object],
+                          new_version: str, *, timeout_s: float = 300.0) -> list[tuple[float, float, int, str | None]]:
+    """One client predicting continuously while ``move_alias()`` runs, until ``new_version`` has
+    answered and then for one second more; returns every answer, in order."""
+    with PredictionLoad(send) as load:
+        _wait_until(lambda: load.answers, 120, "a first answer")
+        move_alias()
+        _wait_until(lambda: any(answer[3] == new_version for answer in load.answers), timeout_s,
+                    f"version {new_version} answering")
+        time.sleep(1)
+    return load.answers
+
+
+def assert_one_switch_without_failures(answers, old_version: str, new_version: str, log: str = "") -> None:
+    """No request failed, and the answers went from the old version to the new one once."""
+    failed = [answer for answer in answers if answer[2] != 200]
+    assert not failed, f"{len(failed)} of {len(answers)} requests failed, e.g. {failed[:3]}\n{log}"
+    versions = [answer[3] for answer in answers]
+    assert versions[0] == old_version and versions[-1] == new_version, versions
+    switch = versions.index(new_version)
+    assert set(versions[:switch]) == {old_version} and set(versions[switch:]) == {new_version}, versions
 
 
 def box_detector(class_id: int):

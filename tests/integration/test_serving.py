@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import subprocess
-import threading
 import time
 import uuid
 
@@ -18,7 +17,8 @@ from mlflow import MlflowClient
 
 from cvops import registry
 from tests.harness.serving import (
-    DETECTIONS_PER_IMAGE, IMAGE_SIZE, SERVING_DIR, ServingServer, register_box_detector,
+    DETECTIONS_PER_IMAGE, IMAGE_SIZE, SERVING_DIR, ServingServer, assert_one_switch_without_failures,
+    move_alias_under_load, register_box_detector,
 )
 from tests.integration.sdk_env import use_sdk_env
 
@@ -134,40 +134,17 @@ def test_follows_champion_to_a_promoted_version_without_failed_requests(served, 
     server, _, moving = served
     url = f"{server.url}/v1/models/{moving}/predict"
     auth = tracking_server.admin_auth
-    answers: list[tuple[int, str | None, list[int] | None]] = []
-    stop = threading.Event()
-
-    def keep_predicting():
-        with requests.Session() as session:
-            while not stop.is_set():
-                try:
-                    response = session.post(url, data=png(0), auth=auth, timeout=30)
-                    classes = response.json()["predictions"][0]["class_ids"] if response.ok else None
-                    answers.append((response.status_code, response.headers.get("X-Model-Version"), classes))
-                except requests.RequestException as exc:
-                    answers.append((0, repr(exc), None))
-
     use_sdk_env(monkeypatch, tracking_server, tmp_path)
-    client = threading.Thread(target=keep_predicting)
-    client.start()
-    try:
-        challenger = register_box_detector(moving, SECOND_CLASS, {"eval/mAP": 30.0})
-        assert registry.promote(moving, challenger, GATE, client=MlflowClient(tracking_server.url)).promoted
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (answers and answers[-1][1] == challenger):
-            time.sleep(0.2)
-        time.sleep(1)  # a few more answers from the new version
-    finally:
-        stop.set()
-        client.join(60)
+    challenger = register_box_detector(moving, SECOND_CLASS, {"eval/mAP": 30.0})
 
-    failed = [answer for answer in answers if answer[0] != 200]
-    assert not failed, f"{len(failed)} of {len(answers)} requests failed, e.g. {failed[:3]}\n{server.log()}"
-    versions = [version for _, version, _ in answers]
-    assert versions[0] == "1" and versions[-1] == challenger, versions
-    switch = versions.index(challenger)
-    assert set(versions[:switch]) == {"1"} and set(versions[switch:]) == {challenger}  # one switch, no flapping
-    assert {tuple(classes) for _, version, classes in answers if version == challenger} == {(SECOND_CLASS,) * DETECTIONS_PER_IMAGE}
+    def promote() -> None:
+        assert registry.promote(moving, challenger, GATE, client=MlflowClient(tracking_server.url)).promoted
+
+    answers = move_alias_under_load(lambda session: session.post(url, data=png(0), auth=auth, timeout=30), promote,
+                                    challenger, timeout_s=120)
+    assert_one_switch_without_failures(answers, "1", challenger, server.log())
+    answer = requests.post(url, data=png(0), auth=auth, timeout=30).json()
+    assert answer["predictions"][0]["class_ids"] == [SECOND_CLASS] * DETECTIONS_PER_IMAGE
 
     # The version swapped out leaves the disk: one downloaded copy per served model remains.
     def model_copies() -> list[str]:
