@@ -2,6 +2,7 @@
 the parity figure and latencies as metrics of the version's logged model, the verdict tag."""
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
@@ -65,3 +66,51 @@ def test_a_failed_conversion_is_recorded_on_the_version_and_never_raises(trackin
     assert registered.tags[export.tag("onnx")].startswith("failed: conversion failed")
     assert registered.status == "READY"  # the registration stands
     assert not client.list_artifacts(version.run_id, export.artifact_dir("onnx"))
+
+
+def test_cvops_export_promote_exports_what_promotion_moves_the_alias_to(tracking_server, tmp_path, monkeypatch):
+    """CVOPS_EXPORT=promote: registering exports nothing; a promotion exports the promoted version,
+    checked on the first images of the re-evaluation dataset; a refused challenger is not exported."""
+    from cvops import registry
+    from tests.harness.serving import register_keras_detector
+    from tests.integration.test_fair_promotion import SQUARE, fixed_box_detector, write_squares_dataset
+
+    use_sdk_env(monkeypatch, tracking_server, tmp_path)
+    monkeypatch.setenv("CVOPS_EXPORT", "promote")
+    client = MlflowClient(tracking_server.url)
+    name = f"export-at-promotion-{uuid.uuid4().hex[:6]}"
+    good = register_keras_detector(name, fixed_box_detector(SQUARE, class_id=1), class_names=["circle", "square"])
+    assert export.tag("onnx") not in client.get_model_version(name, good).tags
+    write_squares_dataset(tmp_path / "squares")
+    gates = [registry.Gate("eval/mAP", min_value=50.0)]
+
+    decision = registry.promote(name, good, gates, client=client, reevaluate_on=tmp_path / "squares")
+
+    assert decision.promoted and decision.exports == {"onnx": "passed"}, decision.summary()
+    assert client.get_model_version(name, good).tags[export.tag("onnx")] == "passed"
+    record = client.download_artifacts(client.get_model_version(name, good).run_id,
+                                       f"{export.artifact_dir('onnx')}/export.json", str(tmp_path))
+    assert json.loads(open(record).read())["samples"] == 1  # the dataset's first images, one batch
+    assert '"exports": {"onnx": "passed"}' in client.get_model_version(name, good).tags[registry.DECISION_TAG]
+
+    bad = register_keras_detector(name, fixed_box_detector((0, 0, 4, 4), class_id=1), class_names=["circle", "square"])
+    refused = registry.promote(name, bad, gates, client=client, reevaluate_on=tmp_path / "squares")
+    assert not refused.promoted and refused.exports == {}
+    assert export.tag("onnx") not in client.get_model_version(name, bad).tags
+
+
+def test_export_at_promotion_without_a_dataset_checks_on_the_input_example(tracking_server, tmp_path, monkeypatch):
+    from cvops import registry
+    from tests.harness.serving import register_box_detector
+
+    use_sdk_env(monkeypatch, tracking_server, tmp_path)
+    client = MlflowClient(tracking_server.url)
+    name = f"export-at-promotion-{uuid.uuid4().hex[:6]}"
+    version = register_box_detector(name, class_id=1, metrics={"eval/mAP": 40.0})
+
+    decision = registry.promote(name, version, [registry.Gate("eval/mAP", min_value=10.0)], client=client, export=True)
+
+    assert decision.exports == {"onnx": "passed"}, decision.summary()
+    assert "export onnx: passed" in decision.summary()
+    logged_model = client.get_logged_model(client.get_model_version(name, version).source.removeprefix("models:/"))
+    assert {metric.key for metric in logged_model.metrics} >= {"export/onnx_max_abs_diff", "export/onnx_latency_ms"}

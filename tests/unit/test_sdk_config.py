@@ -45,6 +45,7 @@ def test_system_metrics_default_on_in_containers():
 def test_export_on_registration_is_opt_in():
     assert load_settings({}).export_on == "off"
     assert load_settings({"CVOPS_EXPORT": "Register"}).export_on == "register"
+    assert load_settings({"CVOPS_EXPORT": "promote"}).export_on == "promote"
 
 
 @pytest.mark.parametrize("environ, variable", [

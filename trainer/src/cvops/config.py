@@ -119,11 +119,12 @@ def _tracking_uri(environ: Mapping[str, str]) -> str | None:
     return uri
 
 
-EXPORT_WHEN = ("off", "register")
+EXPORT_WHEN = ("off", "register", "promote")
 
 
-def _export_on(environ: Mapping[str, str]) -> str:
-    """``CVOPS_EXPORT``: when the adapters export a model they register (cvops.export)."""
+def export_when(environ: Mapping[str, str]) -> str:
+    """``CVOPS_EXPORT``: when a registered model is exported (cvops.export): ``register`` by the
+    adapters that register it, ``promote`` by cvops.registry.promote once it is promoted."""
     value = (_optional(environ, "CVOPS_EXPORT") or "off").lower()
     if value not in EXPORT_WHEN:
         raise ConfigError(f"CVOPS_EXPORT={environ['CVOPS_EXPORT']!r} is not one of {', '.join(EXPORT_WHEN)}")
@@ -171,5 +172,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         git_commit=_optional(env, "CVOPS_GIT_COMMIT") or _optional(env, "GIT_COMMIT"),
         seed=seed,
         tags=_tags(env),
-        export_on=_export_on(env),
+        export_on=export_when(env),
     )

@@ -51,11 +51,11 @@ class DetectionDataset:
     def files(self) -> list[Path]:
         return [self.annotations, *self.image_files]
 
-    def load_images(self) -> list[np.ndarray]:
+    def load_images(self, limit: int | None = None) -> list[np.ndarray]:
         from PIL import Image
 
         images = []
-        for path in self.image_files:
+        for path in self.image_files[:limit]:
             try:
                 with Image.open(path) as image:
                     images.append(np.asarray(image.convert("RGB")))

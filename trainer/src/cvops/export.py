@@ -18,8 +18,10 @@ difference over every output as the parity figure, times both, and records on th
 The converters are thin and live beside their framework: Keras → ONNX (tf2onnx) here,
 Detectron2 → TorchScript and ONNX in :mod:`cvops.integrations.detectron2`, TF OD API SavedModel
 → ONNX in :mod:`cvops.integrations.tfod`. With ``CVOPS_EXPORT=register`` the adapters (the
-Detectron2 hook, the Keras callback, the OD API bridge) export each model they register. A
-failed export or parity check warns and is recorded; it never raises, so registration is never
+Detectron2 hook, the Keras callback, the OD API bridge) export each model they register; with
+``CVOPS_EXPORT=promote`` :func:`cvops.registry.promote` exports the version it promotes
+(:func:`export_registered_version`, which loads it back from the registry). A failed export or
+parity check warns and is recorded; it never raises, so registration and promotion are never
 blocked and never silently left without a verdict.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ DEFAULT_OPSET = 17
 # 0-1 agree far better than this on the models tested; a real divergence is orders larger.
 DEFAULT_TOLERANCE = 1e-3
 ONNX_EXTRA = "pip install 'cvops[onnx]'"
-# With CVOPS_EXPORT=register the adapters check and time an export on this many evaluation images.
+# An export is checked and timed on this many evaluation images.
 CHECK_SAMPLES = 4
 
 
@@ -266,3 +268,53 @@ def export_keras_onnx(model, version, samples, *, client=None, opset: int = DEFA
     return export_version(version, lambda batch: model(batch, training=False), [samples],
                           {"onnx": keras_onnx_converter(model, samples.shape[1:], opset)},
                           client=client, tolerance=tolerance)["onnx"]
+
+
+def export_registered_version(name: str, version: str | int, images: Sequence[np.ndarray] | None = None, *,
+                              client=None) -> dict[str, ExportResult]:
+    """Export a version already in the registry (what ``CVOPS_EXPORT=promote`` does at promotion):
+    the model is loaded back with its framework, which must be importable here, and handed to
+    that framework's converters; checked on ``images`` (RGB arrays), else on the input example
+    logged with the model. Never raises: a model that cannot be loaded or has no exporter is
+    recorded as a failed ``onnx`` export (the format every framework has); {format: result}."""
+    from mlflow import MlflowClient
+
+    from cvops.registry import RegisteredVersion, load_registered_version
+
+    client = client or MlflowClient()
+    registered = client.get_model_version(name, str(version))
+    target = RegisteredVersion(name, str(registered.version), registered.source, registered.run_id)
+    try:
+        pyfunc, files = load_registered_version(name, target.version)
+    except Exception as exc:
+        return {"onnx": _record(client, target, _failed("onnx", exc, DEFAULT_TOLERANCE), None, None)}
+    try:
+        if images is None:
+            example = pyfunc.metadata.load_input_example(files.name)
+            if example is None:
+                raise ExportUnavailable("no images to check the export on: the model has no input example; "
+                                        "promote with a dataset (reevaluate_on, or cvops promote --reevaluate-on)")
+            images = list(np.asarray(example))
+        return _framework_export(pyfunc, files.name, target, list(images), client)
+    except Exception as exc:
+        return {"onnx": _record(client, target, _failed("onnx", exc, DEFAULT_TOLERANCE), None, None)}
+    finally:
+        files.cleanup()
+
+
+def _framework_export(pyfunc, model_dir: str, target, images: list[np.ndarray], client) -> dict[str, ExportResult]:
+    flavors = pyfunc.metadata.flavors
+    if "tensorflow" in flavors or "keras" in flavors:
+        import mlflow
+
+        from cvops.detection_schema import InputFormat
+
+        keras_model = (mlflow.tensorflow if "tensorflow" in flavors else mlflow.keras).load_model(model_dir)
+        samples = InputFormat.of(pyfunc).model_input(images)
+        return {"onnx": export_keras_onnx(keras_model, target, samples, client=client)}
+    python_model = pyfunc.unwrap_python_model()
+    exporter = getattr(python_model, "export", None)
+    if exporter is None:
+        raise ExportUnavailable(f"{type(python_model).__name__} has no exporter: cvops exports Keras models "
+                                "and its Detectron2 and TF OD API detectors")
+    return exporter(target, images, client=client)

@@ -27,6 +27,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from cvops.config import export_when
 from cvops.detection_schema import CLASS_NAMES_TAG, class_names_tag_value
 from cvops.tracking.names import sanitize_metric_name
 
@@ -251,6 +252,7 @@ class PromotionDecision:
     promoted: bool
     checks: list[GateCheck] = field(default_factory=list)
     reevaluation: Reevaluation | None = None  # None: gated on the metrics each version's run logged
+    exports: dict[str, str] = field(default_factory=dict)  # format -> "passed" / "failed: why" (export at promotion)
 
     def summary(self) -> str:
         verdict = "PROMOTED" if self.promoted else "NOT promoted"
@@ -264,6 +266,7 @@ class PromotionDecision:
             lines.append(f"  re-evaluated on {self.reevaluation.dataset} (digest {self.reevaluation.dataset_digest}): "
                          + ", ".join(runs))
         lines += [f"  [{'pass' if c.passed else 'FAIL'}] {c.metric}: {c.reason}" for c in self.checks]
+        lines += [f"  export {format_name}: {verdict}" for format_name, verdict in self.exports.items()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -307,7 +310,7 @@ def _check(gate: Gate, challenger: dict[str, float], champion: dict[str, float] 
 def promote(registered_model_name: str, challenger_version: str | int, gates: Iterable[Gate],
             alias: str = CHAMPION, client: MlflowClient | None = None, dry_run: bool = False,
             reevaluate_on: Any = None, class_names: Sequence[str] | Mapping[int, str] | None = None,
-            ) -> PromotionDecision:
+            export: bool | None = None) -> PromotionDecision:
     """Compare a version's metrics with the current ``alias`` holder's and the gates' bounds.
 
     By default the metrics are those each version's training run logged, possibly on different
@@ -325,6 +328,12 @@ def promote(registered_model_name: str, challenger_version: str | int, gates: It
 
     The alias moves to the challenger only when every gate passes (and not with ``dry_run``).
     The decision is also stored as the tag ``cvops.promotion_decision`` on the challenger version.
+
+    ``export`` (default: ``CVOPS_EXPORT=promote`` in the environment): once promoted, the version
+    is exported to its deployment formats (cvops.export.export_registered_version; its framework
+    must be importable here), checked on the first images of ``reevaluate_on``, else on its input
+    example; the verdicts are in the decision's ``exports``. A failed export never undoes the
+    promotion.
     """
     client = client or MlflowClient()
     gates = list(gates)
@@ -340,11 +349,12 @@ def promote(registered_model_name: str, challenger_version: str | int, gates: It
     if champion is not None and champion.version == challenger.version:
         champion = None  # re-evaluating the current champion: bounds only
     reevaluation = None
-    if reevaluate_on is None:
+    dataset = _detection_dataset(reevaluate_on) if reevaluate_on is not None else None
+    if dataset is None:
         challenger_metrics = _run_metrics(client, challenger.run_id)
         champion_metrics = _run_metrics(client, champion.run_id) if champion is not None else None
     else:
-        reevaluation = _reevaluate(registered_model_name, challenger, champion, reevaluate_on, class_names,
+        reevaluation = _reevaluate(registered_model_name, challenger, champion, dataset, class_names,
                                    [sanitize_metric_name(gate.metric) for gate in gates], client)
         challenger_metrics = reevaluation.challenger["metrics"]
         champion_metrics = reevaluation.champion["metrics"] if reevaluation.champion is not None else None
@@ -356,6 +366,8 @@ def promote(registered_model_name: str, challenger_version: str | int, gates: It
     )
     if decision.promoted:
         client.set_registered_model_alias(registered_model_name, alias, str(challenger.version))
+        if export if export is not None else export_when(os.environ) == "promote":
+            decision.exports = _export_promoted(registered_model_name, challenger.version, dataset, client)
     client.set_model_version_tag(registered_model_name, str(challenger.version), DECISION_TAG,
                                  json.dumps(decision.to_dict())[:5000])
     if reevaluation is not None:
@@ -369,12 +381,25 @@ def promote(registered_model_name: str, challenger_version: str | int, gates: It
     return decision
 
 
-def _reevaluate(name: str, challenger, champion, dataset: Any, class_names, gated: list[str],
-                client: MlflowClient) -> Reevaluation:
+def _detection_dataset(dataset: Any):
     from cvops.detection_dataset import DetectionDataset, load_detection_dataset
+
+    return dataset if isinstance(dataset, DetectionDataset) else load_detection_dataset(dataset)
+
+
+def _export_promoted(name: str, version: str, dataset, client: MlflowClient) -> dict[str, str]:
+    from cvops import export
+
+    images = dataset.load_images(limit=export.CHECK_SAMPLES) if dataset is not None else None
+    results = export.export_registered_version(name, version, images, client=client)
+    return {format_name: "passed" if result.passed else f"failed: {result.reason}"
+            for format_name, result in results.items()}
+
+
+def _reevaluate(name: str, challenger, champion, data, class_names, gated: list[str],
+                client: MlflowClient) -> Reevaluation:
     from cvops.evaluation import evaluate_registered_model
 
-    data = dataset if isinstance(dataset, DetectionDataset) else load_detection_dataset(dataset)
     evaluations = [
         evaluate_registered_model(f"models:/{name}/{version.version}", data, class_names=class_names, client=client)
         for version in (challenger, champion) if version is not None

@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     promote.add_argument("--gate", action="append", required=True, metavar="SPEC", help=_GATE_HELP)
     promote.add_argument("--alias", default="champion", help="the alias to move (default champion)")
     promote.add_argument("--dry-run", action="store_true", help="decide and record, but leave the alias")
+    promote.add_argument("--export", action=argparse.BooleanOptionalAction, default=None,
+                         help="export the promoted version to ONNX/TorchScript, checked on the first images of "
+                              "--reevaluate-on (default: when CVOPS_EXPORT=promote); needs its framework installed")
     _dataset_arguments(promote, "--reevaluate-on", required=False)
     promote.set_defaults(func=run_promote)
 
@@ -114,7 +117,8 @@ def run_promote(args: argparse.Namespace) -> int:
     try:
         gates = [parse_gate(spec) for spec in args.gate]
         decision = promote(args.name, args.version, gates, alias=args.alias, dry_run=args.dry_run,
-                           reevaluate_on=_dataset(args) if args.dataset else None, class_names=_class_names(args))
+                           reevaluate_on=_dataset(args) if args.dataset else None, class_names=_class_names(args),
+                           export=args.export)
     except (DatasetError, ValueError, RuntimeError, MlflowException) as error:
         return _fail("promote", error)
     print(decision.summary())

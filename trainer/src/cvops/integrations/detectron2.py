@@ -485,6 +485,10 @@ class Detectron2Detector(mlflow.pyfunc.PythonModel):
             [_instances_to_detections(self._predictor(image[:, :, ::-1])) for image in images]
         )
 
+    def export(self, version, images, *, client=None):
+        """The loaded model's TorchScript and ONNX (cvops.export.export_registered_version)."""
+        return export_detectron2_model(self._predictor.model, self._predictor.cfg, version, images, client=client)
+
 
 def log_detectron2_model(run: Any, weights: str | Path, config_yaml: str, *, registered_model_name: str,
                          class_names: Sequence[str] = ()):

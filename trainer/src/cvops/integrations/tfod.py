@@ -498,10 +498,15 @@ class SavedModelDetector(mlflow.pyfunc.PythonModel):
     (x1, y1, x2, y2), scores and label-map class ids out (see cvops.integrations._pyfunc)."""
 
     def load_context(self, context) -> None:
-        self._detect = ExportedDetector(context.artifacts["saved_model"])
+        self._saved_model = context.artifacts["saved_model"]
+        self._detect = ExportedDetector(self._saved_model)
 
     def predict(self, context, model_input, params=None):
         return _pyfunc.detections_frame([self._detect(image) for image in _pyfunc.images_from_model_input(model_input)])
+
+    def export(self, version, images, *, client=None):
+        """The loaded SavedModel's ONNX (cvops.export.export_registered_version)."""
+        return {"onnx": export_saved_model_detector(self._saved_model, version, images, client=client)}
 
 
 def log_saved_model_detector(run: Any, saved_model: str | Path, *, registered_model_name: str,
