@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.frameworks import environments
+from tests.harness.serving import ServingServer
 from tests.integration.sdk_env import use_sdk_env
 
 @pytest.fixture(scope="session")
@@ -38,3 +39,23 @@ def framework_env(tracking_server, tmp_path_factory):
         monkeypatch.setenv("PYTHONUNBUFFERED", "1")
         monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
         yield tracking_server
+
+
+@pytest.fixture(scope="module")
+def serve_champion(framework_env, tmp_path_factory):
+    """``serve_champion(python, name)``: the inference server (services/serving, started as its
+    image starts it) running in that framework's environment, serving ``name@champion`` with the
+    harness server's admin login, ready; it follows the alias every second. Stopped with the module."""
+    servers: list[ServingServer] = []
+
+    def start(python: Path, name: str) -> ServingServer:
+        server = ServingServer(tmp_path_factory.mktemp("serving"), framework_env.url, *framework_env.admin_auth,
+                               models=f"{name}@champion", python=python, CVOPS_SERVE_POLL_INTERVAL_S="1")
+        servers.append(server)
+        server.start()
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -4,8 +4,9 @@ Detectron2 and the TF Object Detection API are not on PyPI. On machines that can
 GitHub they come from a wheelhouse (``../shared/wheels`` beside the checkout, or
 ``CVOPS_FRAMEWORK_WHEELS``), installed the way that folder's README proves. Each environment is
 cached under ``.venv-frameworks/<name>-<hash>``; the hash covers the recipe, the wheels'
-checksums and the interpreter, so a changed recipe builds a new one and an unchanged one costs
-nothing. cvops itself is installed editable, so SDK changes need no rebuild.
+checksums, the inference server's requirements and the interpreter, so a changed recipe builds a
+new one and an unchanged one costs nothing. cvops itself is installed editable, so SDK changes
+need no rebuild.
 
     python -m tests.frameworks.environments            # build every environment (tests/run.sh)
     python -m tests.frameworks.environments detectron2 # one
@@ -26,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("CVOPS_FRAMEWORK_VENVS", REPO_ROOT / ".venv-frameworks"))
 # detectron2's wheel is compiled for CPython 3.11 and torch 2.14.1's C++ ABI.
 PYTHON = os.environ.get("CVOPS_FRAMEWORK_PYTHON", "python3.11")
+SERVING_REQUIREMENTS = REPO_ROOT / "services" / "serving" / "requirements.txt"
 
 # The OD API needs TensorFlow 2.15 (Keras 2); these pins are the ones its README proves.
 TFOD_CONSTRAINTS = ["tensorflow-cpu==2.15.1", "keras==2.15.0", "protobuf==4.25.9", "numpy==1.26.4",
@@ -43,7 +45,9 @@ def wheelhouse() -> Path | None:
 
 @dataclass(frozen=True)
 class Recipe:
-    """pip steps, in order; ``{wheels}`` and ``{trainer}`` are filled in at build time."""
+    """pip steps, in order; ``{wheels}``, ``{trainer}`` and ``{serving_requirements}`` are filled in
+    at build time. Each environment also holds the inference server's own requirements, as its
+    image does (services/serving/Dockerfile), so the framework tier serves the real models with it."""
 
     name: str
     steps: tuple[tuple[str, ...], ...]
@@ -56,7 +60,8 @@ RECIPES = {
         name="detectron2",
         steps=(
             ("torch==2.14.1", "torchvision==0.29.1", "{wheels}/detectron2-0.6-cp311-cp311-linux_x86_64.whl",
-             "opencv-python-headless", "onnxruntime==1.32.0", "-e", "{trainer}[detectron2,onnx,sweep]"),
+             "opencv-python-headless", "onnxruntime==1.32.0", "-e", "{trainer}[detectron2,onnx,sweep]",
+             "-r", "{serving_requirements}"),
         ),
         check="import detectron2._C, cv2, cvops.integrations.detectron2",
     ),
@@ -66,7 +71,7 @@ RECIPES = {
         steps=(
             ("tensorflow-cpu==2.15.1", "tensorflow-io==0.36.0", "pycocotools", "lxml", "contextlib2", "pillow",
              "matplotlib", "pyyaml", "scipy", "pandas", "gin-config", "absl-py", "opencv-python-headless<4.11",
-             "-e", "{trainer}[tfod,onnx,sweep]"),
+             "-e", "{trainer}[tfod,onnx,sweep]", "-r", "{serving_requirements}"),
             # The OD API declares far more than training, evaluation and export import
             # (apache-beam, pyparsing==2.4.7, ...): --no-deps, as the wheelhouse README shows.
             ("--no-deps", "{wheels}/object_detection-0.1-py3-none-any.whl", "{wheels}/tf_slim-1.2.0-py3-none-any.whl",
@@ -91,6 +96,7 @@ def _python_version(python: str) -> str:
 
 def environment_dir(recipe: Recipe, wheels: Path) -> Path:
     key = json.dumps({"recipe": asdict(recipe), "wheels": (wheels / "SHA256SUMS").read_text(),
+                      "serving_requirements": SERVING_REQUIREMENTS.read_text(),
                       "python": _python_version(PYTHON)}, sort_keys=True)
     return CACHE_DIR / f"{recipe.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -115,7 +121,7 @@ def ensure(name: str, log=sys.stderr) -> Path:
         constraints = target / "constraints.txt"
         constraints.write_text("\n".join(recipe.constraints) + "\n")
         pip += ["-c", str(constraints)]
-    fill = {"wheels": str(wheels), "trainer": str(REPO_ROOT / "trainer")}
+    fill = {"wheels": str(wheels), "trainer": str(REPO_ROOT / "trainer"), "serving_requirements": str(SERVING_REQUIREMENTS)}
     for step in recipe.steps:
         subprocess.run([*pip, *(arg.format(**fill) for arg in step)], check=True, stdout=log, stderr=log)
     subprocess.run([str(python), "-c", recipe.check], check=True)

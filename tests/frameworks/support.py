@@ -1,5 +1,6 @@
-"""What the framework tier's tests share: running a training command with its log kept, and the
-check that a logged model's own requirements rebuild an environment that serves it."""
+"""What the framework tier's tests share: running a training command with its log kept, the
+check that a logged model's own requirements rebuild an environment that serves it, and the
+inference server's answers and alias switch over HTTP."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import requests
+
 from tests.frameworks import environments
+from tests.harness.serving import ServingServer, assert_one_switch_without_failures, move_alias_under_load
 
 EXAMPLES = environments.REPO_ROOT / "trainer" / "examples"
 
@@ -20,6 +24,15 @@ def run_logged(command: list[str], *, log_path: Path, timeout_s: float, cwd: Pat
                                 cwd=cwd, env=env or dict(os.environ), timeout=timeout_s)
     result.output = log_path.read_text(errors="replace")
     return result
+
+
+def small_pipeline(shapes: Path, path: Path) -> Path:
+    """The OD API example's pipeline.config with the data where make_shapes wrote it and
+    test-sized images and batches (64 px, 2 per batch); its num_steps stays 1500."""
+    text = (EXAMPLES / "tfod" / "pipeline.config").read_text()
+    text = text.replace("/data/shapes", str(shapes)).replace("height: 128 width: 128", "height: 64 width: 64")
+    path.write_text(text.replace("batch_size: 16", "batch_size: 2"))
+    return path
 
 
 def tail(text: str, chars: int = 6000) -> str:
@@ -62,27 +75,39 @@ def model_environment_predicts(model_uri: str, inputs, tmp_path: Path):
     return json.loads(line[len("PREDICTIONS "):])
 
 
-SERVING_DIR = environments.REPO_ROOT / "services" / "serving"
-_SERVE_SCRIPT = (
-    "import json, sys\n"
-    "from mlflow import MlflowClient\n"
-    "from cvops_serving.detections import decode_image\n"
-    "from cvops_serving.models import load_version\n"
-    "name, version, *files = sys.argv[1:]\n"
-    "served = load_version(MlflowClient(), name, version)\n"
-    "images = [decode_image(open(path, 'rb').read(), path) for path in files]\n"
-    "print('SERVED ' + json.dumps(served.predict(images)))\n"
-)
+def predict_files(server: ServingServer, name: str, image_files: list[Path], auth) -> tuple[str, list[dict]]:
+    """What the inference server answers for these image files, sent as a client sends a batch
+    (multipart files): the version that answered, and one detection record per image."""
+    files = [("image", (path.name, path.read_bytes(), "image/png")) for path in image_files]
+    response = requests.post(f"{server.url}/v1/models/{name}/predict", files=files, auth=auth, timeout=600)
+    assert response.status_code == 200, f"{response.status_code} {response.text}\n{server.log()}"
+    return response.headers["X-Model-Version"], response.json()["predictions"]
 
 
-def served_detections(python: Path, name: str, version: str, image_files: list[Path]) -> list[dict]:
-    """What the inference server (services/serving) answers for these image files, computed by its
-    own code in the framework's environment: the registered version loaded as the server loads
-    it, the files decoded as request bodies are, the pyfunc's output turned into the one detection
-    schema. The HTTP layer around it is tests/integration/test_serving.py's."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SERVING_DIR), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([str(python), "-c", _SERVE_SCRIPT, name, str(version), *map(str, image_files)],
-                            capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, tail(result.stderr)
-    line = [line for line in result.stdout.splitlines() if line.startswith("SERVED ")][-1]
-    return json.loads(line[len("SERVED "):])
+def register_again(client, name: str, version: str) -> str:
+    """A new version of a registered model from the same files and class names, as a retrained
+    model arrives; the server loads it as it loads any version. Returns the new version."""
+    import mlflow
+
+    from cvops.detection_schema import CLASS_NAMES_TAG
+
+    registered = client.get_model_version(name, version)
+    tags = {CLASS_NAMES_TAG: registered.tags[CLASS_NAMES_TAG]} if CLASS_NAMES_TAG in registered.tags else {}
+    return str(mlflow.register_model(registered.source, name, tags=tags).version)
+
+
+def assert_follows_champion_without_failed_requests(server: ServingServer, client, name: str, image_file: Path,
+                                                    auth) -> None:
+    """A client predicts continuously while @champion moves to a new version of the served model:
+    no request fails, the answers switch version once, and the new version answers as the old."""
+    old = client.get_model_version_by_alias(name, "champion").version
+    _, before = predict_files(server, name, [image_file], auth)
+    new = register_again(client, name, old)
+    body = image_file.read_bytes()
+    url = f"{server.url}/v1/models/{name}/predict"
+    answers = move_alias_under_load(
+        lambda session: session.post(url, data=body, headers={"Content-Type": "image/png"}, auth=auth, timeout=600),
+        lambda: client.set_registered_model_alias(name, "champion", new), new)
+    assert_one_switch_without_failures(answers, str(old), new, server.log())
+    answered, after = predict_files(server, name, [image_file], auth)
+    assert answered == new and after == before

@@ -63,6 +63,18 @@ def trained(d2_python, shapes, framework_env, tmp_path_factory):
             "run": client.get_run(result["run_id"])}
 
 
+@pytest.fixture(scope="module")
+def served(trained, d2_python, serve_champion):
+    """The registered version as @champion, served over HTTP from the Detectron2 environment."""
+    trained["client"].set_registered_model_alias(trained["model_name"], "champion", str(trained["registered_version"]))
+    return serve_champion(d2_python, trained["model_name"])
+
+
+def val_image_files(shapes: Path, count: int) -> list[Path]:
+    val = json.loads((shapes / "annotations" / "val.json").read_text())["images"][:count]
+    return [shapes / "images" / image["file_name"] for image in val]
+
+
 def detectron2_metrics(output_dir: Path) -> dict[str, dict[int, float]]:
     """OUTPUT_DIR/metrics.json (JSONWriter: one line per write) as name -> {iteration: value}."""
     history: dict[str, dict[int, float]] = {}
@@ -129,7 +141,8 @@ def test_evaluation_artifacts_and_latency_arrive_at_the_final_step(trained):
     assert not client.list_artifacts(run_id, "checkpoint")  # the full checkpoint is opt-in
 
 
-def test_registration_exports_torchscript_and_onnx_with_their_parity_recorded(trained, d2_python, shapes, tmp_path):
+def test_registration_exports_torchscript_and_onnx_with_their_parity_recorded(trained, served, shapes, framework_env,
+                                                                               tmp_path):
     from cvops import export
 
     client, name = trained["client"], trained["model_name"]
@@ -154,15 +167,15 @@ def test_registration_exports_torchscript_and_onnx_with_their_parity_recorded(tr
     import numpy as np
     from PIL import Image
 
-    image_file = shapes / "images" / json.loads((shapes / "annotations" / "val.json").read_text())["images"][0]["file_name"]
+    (image_file,) = val_image_files(shapes, 1)
     pixels = np.asarray(Image.open(image_file).convert("RGB"))
     session = onnxruntime.InferenceSession(client.download_artifacts(version.run_id, "export/onnx/model.onnx", str(tmp_path)))
     boxes, scores, classes = session.run(None, {"image": pixels[:, :, ::-1].transpose(2, 0, 1).astype("float32")})
-    (served,) = support.served_detections(d2_python, name, version.version, [image_file])
-    assert classes.tolist() == served["class_ids"]
+    answered, (found,) = support.predict_files(served, name, [image_file], framework_env.admin_auth)
+    assert answered == version.version and classes.tolist() == found["class_ids"]
     # The server rounds boxes to 0.01 px.
-    np.testing.assert_allclose(boxes, np.asarray(served["boxes"]).reshape(-1, 4), atol=0.005 + export.DEFAULT_TOLERANCE)
-    np.testing.assert_allclose(scores, served["scores"], atol=1e-4)
+    np.testing.assert_allclose(boxes, np.asarray(found["boxes"]).reshape(-1, 4), atol=0.005 + export.DEFAULT_TOLERANCE)
+    np.testing.assert_allclose(scores, found["scores"], atol=1e-4)
 
 
 def test_registered_model_holds_weights_only_and_is_servable(trained, d2_python, shapes, tmp_path, framework_env):
@@ -188,22 +201,44 @@ def test_registered_model_holds_weights_only_and_is_servable(trained, d2_python,
     assert all(set(row) == {"boxes", "scores", "classes"} for row in predicted)
 
 
-def test_the_inference_server_answers_the_registered_model_in_its_schema(trained, d2_python, shapes):
+def test_the_inference_server_answers_the_registered_model_in_its_schema(trained, served, shapes, framework_env):
+    from PIL import Image
+
     client, name = trained["client"], trained["model_name"]
     version = str(trained["registered_version"])
     # The hook names the classes (the training set's thing_classes) on the version it registers.
     assert json.loads(client.get_model_version(name, version).tags["cvops.class_names"]) == [
         "circle", "square", "triangle"]
-    val = json.loads((shapes / "annotations" / "val.json").read_text())["images"][:2]
-    files = [shapes / "images" / image["file_name"] for image in val]
-    served = support.served_detections(d2_python, name, version, files)
-    assert len(served) == 2
-    for image, found in zip(val, served):
+    files = val_image_files(shapes, 2)
+    answered, predictions = support.predict_files(served, name, files, framework_env.admin_auth)
+    assert answered == version and len(predictions) == 2
+    for path, found in zip(files, predictions):
+        width, height = Image.open(path).size
         assert set(found) == {"boxes", "scores", "class_ids", "class_names"}
         assert len(found["boxes"]) == len(found["scores"]) == len(found["class_ids"]) == len(found["class_names"])
-        assert all(0 <= x <= image["width"] and 0 <= y <= image["height"]
-                   for box in found["boxes"] for x, y in (box[:2], box[2:]))
+        assert all(0 <= x <= width and 0 <= y <= height for box in found["boxes"] for x, y in (box[:2], box[2:]))
         assert set(found["class_names"]) <= {"circle", "square", "triangle"}
+
+
+def test_the_inference_server_follows_champion_to_a_new_version_without_failed_requests(trained, served, shapes,
+                                                                                       framework_env):
+    support.assert_follows_champion_without_failed_requests(served, trained["client"], trained["model_name"],
+                                                            val_image_files(shapes, 1)[0], framework_env.admin_auth)
+
+
+def test_promotion_with_export_exports_the_detector_it_promotes(trained, d2_python, shapes):
+    """cvops promote --export in the Detectron2 environment: the promoted version is loaded back
+    from the registry and exported, checked on the re-evaluation dataset's first images."""
+    from cvops import export
+
+    client, name = trained["client"], trained["model_name"]
+    version = support.register_again(client, name, str(trained["registered_version"]))
+    promoted = subprocess.run([str(d2_python), "-m", "cvops", "promote", name, version, "--gate", "eval/mAP,min=0",
+                               "--reevaluate-on", str(shapes), "--export"], capture_output=True, text=True, timeout=900)
+    assert promoted.returncode == 0, promoted.stdout + support.tail(promoted.stderr)
+    assert "export torchscript: passed" in promoted.stdout and "export onnx: passed" in promoted.stdout, promoted.stdout
+    tags = client.get_model_version(name, version).tags
+    assert tags[export.tag("torchscript")] == tags[export.tag("onnx")] == "passed"
 
 
 def test_cvops_evaluate_scores_the_registered_detector_as_it_is_served(trained, d2_python, shapes):

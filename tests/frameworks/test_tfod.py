@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.frameworks.support import EXAMPLES, model_environment_predicts, run_logged, served_detections, tail
+from tests.frameworks.support import (
+    EXAMPLES, assert_follows_champion_without_failed_requests, model_environment_predicts, predict_files, register_again,
+    run_logged, small_pipeline, tail,
+)
 
 pytestmark = [pytest.mark.frameworks, pytest.mark.integration]
 
@@ -45,15 +49,6 @@ def shapes(tfod_python, tmp_path_factory):
                        "--max-objects", "2", "--tfrecord", "required"], log_path=data / "make_shapes.log", timeout_s=300)
     assert made.returncode == 0, tail(made.output)
     return data
-
-
-def small_pipeline(shapes: Path, path: Path) -> Path:
-    """The example's pipeline.config with the data where make_shapes wrote it and test-sized
-    images and batches (64 px, 2 per batch); its num_steps stays 1500."""
-    text = (EXAMPLES / "tfod" / "pipeline.config").read_text()
-    text = text.replace("/data/shapes", str(shapes)).replace("height: 128 width: 128", "height: 64 width: 64")
-    path.write_text(text.replace("batch_size: 16", "batch_size: 2"))
-    return path
 
 
 def events(directory: Path) -> dict[str, dict[int, float]]:
@@ -171,21 +166,36 @@ def test_registered_model_is_servable_from_its_own_requirements(cli_run, shapes,
         assert set(found["classes"]) <= {1, 2, 3}
 
 
-def test_the_inference_server_answers_the_registered_model_in_its_schema(cli_run, tfod_python, shapes):
+@pytest.fixture(scope="module")
+def served(cli_run, tfod_python, serve_champion):
+    """The registered version as @champion, served over HTTP from the OD API environment."""
+    cli_run["client"].set_registered_model_alias(cli_run["name"], "champion", cli_run["version"].version)
+    return serve_champion(tfod_python, cli_run["name"])
+
+
+def test_the_inference_server_answers_the_registered_model_in_its_schema(cli_run, served, shapes, framework_env):
     from PIL import Image
 
     client, name, version = cli_run["client"], cli_run["name"], cli_run["version"].version
-    # Label-map ids start at 1: the names as {"id": "name"}.
-    client.set_model_version_tag(name, version, "cvops.class_names", json.dumps({"1": "circle", "2": "square", "3": "triangle"}))
+    # The bridge names the classes from the pipeline's label map, whose ids start at 1.
+    assert json.loads(client.get_model_version(name, version).tags["cvops.class_names"]) == {
+        "1": "circle", "2": "square", "3": "triangle"}
     files = sorted((shapes / "images" / "val").glob("*.png"))[:2]
-    served = served_detections(tfod_python, name, version, files)
-    assert len(served) == len(files)
-    for path, found in zip(files, served):
+    answered, predictions = predict_files(served, name, files, framework_env.admin_auth)
+    assert answered == version and len(predictions) == len(files)
+    for path, found in zip(files, predictions):
         width, height = Image.open(path).size
         boxes = np.asarray(found["boxes"]).reshape(-1, 4)
         assert len(boxes) == len(found["scores"]) == len(found["class_ids"]) > 0
         assert (boxes >= -1).all() and (boxes[:, [0, 2]] <= width + 1).all() and (boxes[:, [1, 3]] <= height + 1).all()
         assert set(found["class_names"]) <= {"circle", "square", "triangle"}
+
+
+def test_the_inference_server_follows_champion_to_a_new_version_without_failed_requests(cli_run, served, shapes,
+                                                                                       framework_env):
+    image_file = sorted((shapes / "images" / "val").glob("*.png"))[0]
+    assert_follows_champion_without_failed_requests(served, cli_run["client"], cli_run["name"], image_file,
+                                                    framework_env.admin_auth)
 
 
 def test_registration_exports_onnx_with_its_parity_recorded(cli_run, shapes, tmp_path):
@@ -214,6 +224,21 @@ def test_registration_exports_onnx_with_its_parity_recorded(cli_run, shapes, tmp
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input_tensor": image[None]})))
     count = int(outputs["num_detections"][0])
     assert count > 0 and ((outputs["detection_boxes"][0][:count] >= 0) & (outputs["detection_boxes"][0][:count] <= 1)).all()
+
+
+def test_promotion_with_export_exports_the_detector_it_promotes(cli_run, tfod_python, shapes):
+    """cvops promote --export in the OD API environment: the promoted version is loaded back from
+    the registry and exported to ONNX, checked on the re-evaluation dataset's first images."""
+    from cvops import export
+
+    client, name = cli_run["client"], cli_run["name"]
+    version = register_again(client, name, cli_run["version"].version)
+    promoted = subprocess.run([str(tfod_python), "-m", "cvops", "promote", name, version, "--gate", "eval/mAP,min=0",
+                               "--reevaluate-on", str(shapes)], capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "CVOPS_EXPORT": "promote"})
+    assert promoted.returncode == 0, promoted.stdout + tail(promoted.stderr)
+    assert "export onnx: passed" in promoted.stdout, promoted.stdout
+    assert client.get_model_version(name, version).tags[export.tag("onnx")] == "passed"
 
 
 def test_checkpoint_interval_that_never_saves_the_final_step_is_refused_before_training(
