@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from cvops.detection_schema import CLASS_NAMES_TAG, InputFormat, class_names_from_tag, normalise
+from cvops.detection_schema import CLASS_NAMES_TAG, InputFormat, class_names_from_tag, model_predict, normalise
 from cvops.registry import load_registered_version
 from mlflow import MlflowClient
 
@@ -27,7 +27,7 @@ log = logging.getLogger("cvops_serving")
 class LoadedVersion:
     name: str
     version: str
-    pyfunc: object
+    run_model: Callable  # cvops.detection_schema.model_predict of the loaded pyfunc
     input_format: InputFormat
     class_names: dict[int, str]
     # The version's downloaded files: removed once the version is swapped out and the last request
@@ -35,15 +35,15 @@ class LoadedVersion:
     files: tempfile.TemporaryDirectory | None = None
 
     def predict(self, images) -> list[dict]:
-        output = self.pyfunc.predict(self.input_format.model_input(images))
+        output = self.run_model(self.input_format.model_input(images))
         return normalise(output, images, self.input_format, self.class_names)
 
 
 def load_version(client: MlflowClient, name: str, version: str) -> LoadedVersion:
     pyfunc, files = load_registered_version(name, version)
     tags = client.get_model_version(name, version).tags
-    return LoadedVersion(name, version, pyfunc, InputFormat.of(pyfunc), class_names_from_tag(tags.get(CLASS_NAMES_TAG)),
-                         files)
+    return LoadedVersion(name, version, model_predict(pyfunc), InputFormat.of(pyfunc),
+                         class_names_from_tag(tags.get(CLASS_NAMES_TAG)), files)
 
 
 @dataclass(frozen=True)

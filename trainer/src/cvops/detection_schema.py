@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -59,6 +59,29 @@ def class_names_from_tag(value: str | None) -> dict[int, str]:
     if isinstance(names, dict):
         return {int(key): str(name) for key, name in names.items()}
     return {}
+
+
+def model_predict(pyfunc_model) -> Callable[[Any], Any]:
+    """How to run a loaded pyfunc on a model input: its ``predict``, except for a Keras model
+    (MLflow's tensorflow or keras flavor), which is called directly. The flavor's predict runs
+    Keras' ``Model.predict``, built for large inputs: on one small image it cost 88 ms against
+    6 ms for calling the model (the serving tests' box detector, CPU), and a served request is one
+    small batch. The output is the same arrays."""
+    if not {"tensorflow", "keras"} & set(pyfunc_model.metadata.flavors):
+        return pyfunc_model.predict
+    import keras
+
+    model = pyfunc_model.get_raw_model()
+    if not isinstance(model, keras.Model):  # a TensorFlow SavedModel: its own signature call
+        return pyfunc_model.predict
+
+    def call(batch):
+        output = model(batch, training=False)
+        if isinstance(output, Mapping):
+            return {key: np.asarray(value) for key, value in output.items()}
+        return np.asarray(output)
+
+    return call
 
 
 @dataclass(frozen=True)

@@ -554,7 +554,7 @@ def evaluate_registered_model(
 
     import cvops
     from cvops.detection_dataset import DetectionDataset, class_index, load_detection_dataset
-    from cvops.detection_schema import CLASS_NAMES_TAG, InputFormat, class_names_from_tag, read_output
+    from cvops.detection_schema import CLASS_NAMES_TAG, InputFormat, class_names_from_tag, model_predict, read_output
     from cvops.registry import load_registered_version
 
     client = client or MlflowClient()
@@ -573,12 +573,13 @@ def evaluate_registered_model(
     images = data.load_images()
     model, model_files = load_registered_version(name, version)
     input_format = InputFormat.of(model)
+    run_model = model_predict(model)
     outside = 0
 
     def predict_batch(batch: Sequence[np.ndarray]) -> list[Detections]:
         nonlocal outside
         found = []
-        for image_detections in read_output(model.predict(input_format.model_input(batch)), batch, input_format):
+        for image_detections in read_output(run_model(input_format.model_input(batch)), batch, input_format):
             known = np.array([c in to_dataset_class for c in image_detections.class_ids.tolist()], dtype=bool)
             outside += int((~known).sum())
             found.append(Detections(
