@@ -41,7 +41,9 @@ def test_submit_keras_example_tracks_a_finished_run(keras_image, shapes, submitt
     model_name = f"shapes-keras-{suffix}"
     spec = yaml.safe_load((EXAMPLES / "keras" / "job.yaml").read_text())
     command = [arg if arg != "shapes-keras" else model_name for arg in spec["command"]]
-    path = job_file(tmp_path, "keras", keras_image, shapes, experiment=f"submit-e2e-{suffix}", command=command)
+    # Exporting on registration in the container needs the image's cvops[onnx].
+    path = job_file(tmp_path, "keras", keras_image, shapes, experiment=f"submit-e2e-{suffix}", command=command,
+                    env={"CVOPS_EXPORT": "register"})
 
     done = submitter("submit", str(path), "--network", submitter.network)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
@@ -80,6 +82,7 @@ def test_submit_keras_example_tracks_a_finished_run(keras_image, shapes, submitt
 
     versions = mlflow_client.search_model_versions(f"name = '{model_name}'")
     assert [v.run_id for v in versions] == [run_id]
+    assert versions[0].tags["cvops.export.onnx"] == "passed", versions[0].tags
 
     listed = submitter("ps", "--all")
     assert run_id[:12] in listed.stdout and "exited (0)" in listed.stdout

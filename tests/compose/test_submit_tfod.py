@@ -62,6 +62,7 @@ def test_submit_tfod_example_tracks_a_finished_run(tfod_image, shapes, short_pip
         datasets=[{"source": str(shapes), "target": "/data/shapes"},
                   {"source": str(short_pipeline), "target": "/config"}],
         resources={"cpus": 2, "memory": "8g"},
+        env={"CVOPS_EXPORT": "register"},  # needs the image's cvops[onnx]
     )
     run, _ = submit_example_and_check_run(submitter, mlflow_client, path, image=tfod_image, framework="tfod",
                                           model_name=model_name, timeout_s=1800)
@@ -69,3 +70,5 @@ def test_submit_tfod_example_tracks_a_finished_run(tfod_image, shapes, short_pip
     steps = [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "Loss/total_loss")]
     assert steps and max(steps) == NUM_STEPS, steps
     assert any(name.startswith("eval/") for name in run.data.metrics), sorted(run.data.metrics)
+    registered = mlflow_client.get_model_version_by_alias(model_name, "candidate")
+    assert registered.tags["cvops.export.onnx"] == "passed", registered.tags

@@ -69,15 +69,17 @@ def test_image_contract(framework):
     assert "-c /opt/cvops/constraints.txt" in run_lines, "every pip install honours the pinned versions"
     if framework == "keras":
         # cvops[keras] names `tensorflow`, which would add CUDA's build beside tensorflow-cpu on a
-        # CPU base: the image installs plain cvops and, itself, every other package of the extra.
-        assert re.search(r"install -c /opt/cvops/constraints.txt /tmp/cvops-src\b(?!\[)", run_lines)
+        # CPU base: the image installs cvops without it and, itself, every other package of the extra.
+        assert '/tmp/cvops-src[onnx]"' in run_lines, "installs cvops with the onnx extra only"
         pyproject = tomllib.loads((IMAGES.parent / "pyproject.toml").read_text())
         extra = pyproject["project"]["optional-dependencies"]["keras"]
         for requirement in extra:
             name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)
             assert name == "tensorflow" or f" {name} " in f" {run_lines} ", f"the image lacks {name} of cvops[keras]"
     else:
-        assert f"/tmp/cvops-src[{framework}]" in run_lines, "installs cvops with its framework extra"
+        assert f"/tmp/cvops-src[{framework},onnx]" in run_lines, "installs cvops with its framework extra"
+    # CVOPS_EXPORT exports what a job registers, in the job: the image has what that needs.
+    assert re.search(r"/tmp/cvops-src\[[a-z0-9,]*onnx\]", run_lines), "installs cvops[onnx]"
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
