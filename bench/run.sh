@@ -14,7 +14,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python
 MODE=${1:---quick}
 case "$MODE" in --quick|--full) ;; *) echo "usage: bench/run.sh [--quick|--full]" >&2; exit 64 ;; esac
-BENCHES=${BENCHES:-latency throughput saturation training_overhead artifacts startup search serving sweep ui_speed}
+BENCHES=${BENCHES:-latency throughput saturation training_overhead artifacts startup search serving serving_frameworks sweep ui_speed}
 
 for bench in $BENCHES; do
     echo "===== $bench $MODE ($(date -u +%H:%M:%S))"
