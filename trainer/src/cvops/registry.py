@@ -336,6 +336,8 @@ def promote(registered_model_name: str, challenger_version: str | int, gates: It
     promotion.
     """
     client = client or MlflowClient()
+    # Read before deciding: a bad CVOPS_EXPORT is refused before the alias can move.
+    export_if_promoted = export if export is not None else export_when(os.environ) == "promote"
     gates = list(gates)
     if not gates:
         raise ValueError("promote needs at least one Gate; promoting without criteria is what it prevents")
@@ -366,7 +368,7 @@ def promote(registered_model_name: str, challenger_version: str | int, gates: It
     )
     if decision.promoted:
         client.set_registered_model_alias(registered_model_name, alias, str(challenger.version))
-        if export if export is not None else export_when(os.environ) == "promote":
+        if export_if_promoted:
             decision.exports = _export_promoted(registered_model_name, challenger.version, dataset, client)
     client.set_model_version_tag(registered_model_name, str(challenger.version), DECISION_TAG,
                                  json.dumps(decision.to_dict())[:5000])
