@@ -114,3 +114,22 @@ def test_export_at_promotion_without_a_dataset_checks_on_the_input_example(track
     assert "export onnx: passed" in decision.summary()
     logged_model = client.get_logged_model(client.get_model_version(name, version).source.removeprefix("models:/"))
     assert {metric.key for metric in logged_model.metrics} >= {"export/onnx_max_abs_diff", "export/onnx_latency_ms"}
+
+
+def test_a_bad_cvops_export_is_refused_before_the_alias_moves(tracking_server, tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from cvops import registry
+    from cvops.config import ConfigError
+    from tests.harness.serving import register_box_detector
+
+    use_sdk_env(monkeypatch, tracking_server, tmp_path)
+    client = MlflowClient(tracking_server.url)
+    name = f"export-at-promotion-{uuid.uuid4().hex[:6]}"
+    version = register_box_detector(name, class_id=1, metrics={"eval/mAP": 40.0})
+    monkeypatch.setenv("CVOPS_EXPORT", "on-promotion")
+
+    with pytest.raises(ConfigError, match="CVOPS_EXPORT='on-promotion' is not one of off, register, promote"):
+        registry.promote(name, version, [registry.Gate("eval/mAP", min_value=10.0)], client=client)
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(name, "champion")
