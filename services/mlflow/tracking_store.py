@@ -63,7 +63,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 from mlflow.server.constants import READ_REPLICA_BACKEND_STORE_URI_ENV_VAR
 from mlflow.server.handlers import TrackingStoreRegistryWrapper
-from mlflow.store.db.utils import _get_managed_session_maker
 from mlflow.store.tracking.dbmodels.models import SqlRun
 from mlflow.store.tracking.sqlalchemy_store import (
     SqlAlchemyStore,
@@ -80,7 +79,7 @@ from mlflow.utils.validation import (
     _validate_run_id,
 )
 from sqlalchemy import select, text
-from sqlalchemy.orm import raiseload, sessionmaker
+from sqlalchemy.orm import raiseload
 
 # gunicorn's own logger: what it writes reaches the server log at the configured level.
 _logger = logging.getLogger("gunicorn.error")
@@ -239,17 +238,13 @@ def _run_from_row(row, with_model_inputs: bool = True) -> Run:
 
 
 class PostgresTrackingStore(SqlAlchemyStore):
-    def __init__(self, db_uri, default_artifact_root, read_db_uri=None):
-        super().__init__(db_uri, default_artifact_root, read_db_uri=read_db_uri)
-        # get_run's one statement reads one snapshot, so it needs no transaction: autocommit saves
-        # the BEGIN and COMMIT round trips. MLflow's managed session around it turns what goes
-        # wrong into MLflow's errors (PostgreSQL unreachable: TEMPORARILY_UNAVAILABLE, a 503), as
-        # in MLflow's get_run.
-        read_engine = (self.read_engine or self.engine).execution_options(isolation_level="AUTOCOMMIT")
-        self._autocommit_session = _get_managed_session_maker(sessionmaker(bind=read_engine), self.db_type)
-
     def get_run(self, run_id):
-        with self._autocommit_session() as session:
+        # In MLflow's managed session, so what goes wrong is MLflow's error (PostgreSQL unreachable
+        # or the session ended mid-call: TEMPORARILY_UNAVAILABLE, a 503). Not on an autocommit
+        # connection: switching a pooled connection's isolation level back talks to PostgreSQL
+        # outside any error handling, so a session ended under the call was a 500 and leaked the
+        # pool's slot; and measured side by side it saved nothing.
+        with self.ManagedSessionMaker() as session:
             row = session.execute(_READ_RUNS_SQL, {"run_ids": [run_id]}).one_or_none()
         if row is None:
             return super().get_run(run_id)  # raises MLflow's "not found"

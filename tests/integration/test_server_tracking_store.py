@@ -36,6 +36,7 @@ from mlflow.entities import (
 )
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from sqlalchemy import event
 
 pytestmark = pytest.mark.integration
 
@@ -377,6 +378,49 @@ def test_a_stopped_or_restarted_database_is_answered_alike(replay, searched, pos
         assert outcome["cvops"] == outcome["mlflow"] is None
     replay.assert_same_rows()
     replay.assert_same_run()
+
+
+@contextlib.contextmanager
+def session_ended_after_its_first_statement(postgres, stores):
+    """The first statement of each store's call is answered, then PostgreSQL ends the session (and
+    waits until it has ended): a failover or an idle-session timeout in the middle of a call."""
+    maintenance = postgres.connect()
+    maintenance.autocommit = True
+    ended = set()
+
+    def end_session(connection, cursor, *_):
+        if connection.engine.pool not in ended:
+            ended.add(connection.engine.pool)
+            with maintenance.cursor() as admin:
+                admin.execute("SELECT pg_terminate_backend(%s, 10000)", (cursor.connection.get_backend_pid(),))
+
+    engines = [store.engine for _, store in stores.values()]
+    for engine in engines:
+        event.listen(engine, "after_cursor_execute", end_session)
+    try:
+        yield
+    finally:
+        for engine in engines:
+            event.remove(engine, "after_cursor_execute", end_session)
+        maintenance.close()
+
+
+def test_a_session_ended_under_a_call_is_answered_alike_and_loses_no_connection(postgres, fresh_replay):
+    """MLflow answers a connection lost mid-call with TEMPORARILY_UNAVAILABLE (a 503 clients retry);
+    so must we, never a 500. And the dead connection leaves the pool: lost more often than the pool
+    holds connections (15), calls are still served."""
+    pool_size = 5  # SQLAlchemy's, which MLflow keeps
+    for _ in range(20):
+        for _ in range(pool_size):  # every pooled connection has served a call before
+            assert fresh_replay.call("get_run") == {"cvops": None, "mlflow": None}
+        with session_ended_after_its_first_statement(postgres, fresh_replay.stores):
+            outcome = fresh_replay.call("get_run")
+        assert outcome["cvops"] is not None and outcome["mlflow"] is not None
+        assert outcome["cvops"].split("\n")[0] == outcome["mlflow"].split("\n")[0]
+        assert outcome["mlflow"].startswith("TEMPORARILY_UNAVAILABLE: (psycopg2.OperationalError)")
+        for _, store in fresh_replay.stores.values():
+            assert store.engine.pool.checkedout() == 0
+    fresh_replay.assert_same_run()
 
 
 @pytest.fixture(scope="module")
