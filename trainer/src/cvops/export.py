@@ -284,11 +284,9 @@ def export_registered_version(name: str, version: str | int, images: Sequence[np
     client = client or MlflowClient()
     registered = client.get_model_version(name, str(version))
     target = RegisteredVersion(name, str(registered.version), registered.source, registered.run_id)
+    files = None
     try:
         pyfunc, files = load_registered_version(name, target.version)
-    except Exception as exc:
-        return {"onnx": _record(client, target, _failed("onnx", exc, DEFAULT_TOLERANCE), None, None)}
-    try:
         if images is None:
             example = pyfunc.metadata.load_input_example(files.name)
             if example is None:
@@ -299,7 +297,8 @@ def export_registered_version(name: str, version: str | int, images: Sequence[np
     except Exception as exc:
         return {"onnx": _record(client, target, _failed("onnx", exc, DEFAULT_TOLERANCE), None, None)}
     finally:
-        files.cleanup()
+        if files is not None:
+            files.cleanup()
 
 
 def _framework_export(pyfunc, model_dir: str, target, images: list[np.ndarray], client) -> dict[str, ExportResult]:
