@@ -43,7 +43,8 @@ from mlflow import MlflowClient
 from bench.report import parse_args, percentile, print_table, save
 from bench.stack import Stack
 from tests.harness.fixtures import _stop_process_group, _tail, _wait_until, free_port
-from tests.harness.serving import IMAGE_SIZE, PredictionLoad, ServingServer, answered_version, register_box_detector
+from tests.harness.serving import (IMAGE_SIZE, PredictionLoad, ServingServer, answered_version, prediction_request,
+                                   register_box_detector)
 
 CLIENTS = 4
 BATCHES = (1, 8)
@@ -161,15 +162,6 @@ class MLServer(ScoringProcess):
         requests.post(f"{self.url}/v2/repository/models/{self.name}/load", timeout=300).raise_for_status()
 
 
-def ours_request(server: ServingServer, name: str, auth, images: list[bytes]):
-    """What a client of ours sends: PNG bytes, one as the raw body, a batch as multipart files."""
-    url = f"{server.url}/v1/models/{name}/predict"
-    if len(images) == 1:
-        return lambda session: session.post(url, data=images[0], headers={"Content-Type": "image/png"}, auth=auth, timeout=60)
-    files = [("image", (f"{i}.png", image, "image/png")) for i, image in enumerate(images)]
-    return lambda session: session.post(url, files=files, auth=auth, timeout=60)
-
-
 def _float_pixels(batch: int) -> np.ndarray:
     """The batch's PNGs as a client of a tensor API must send them: decoded to float pixels."""
     from PIL import Image
@@ -251,7 +243,7 @@ def main() -> None:
                 mlserver.start()
                 rows, data = [], {"clients": CLIENTS, "seconds": seconds, "cells": {}}
                 for batch in BATCHES:
-                    for engine, send in (("ours (PNG)", ours_request(ours, name, auth, [_png(seed) for seed in range(batch)])),
+                    for engine, send in (("ours (PNG)", prediction_request(ours.url, name, auth, [_png(seed) for seed in range(batch)])),
                                          ("mlflow models serve (JSON tensor)", _mlflow_request(mlflow_server, batch)),
                                          ("MLServer (V2 JSON tensor)", _mlserver_request(mlserver, batch))):
                         cell = measure(send, seconds)
@@ -263,7 +255,7 @@ def main() -> None:
 
                 second = register_box_detector(name, class_id=2)
                 ours_switch = switch_under_load(
-                    ours_request(ours, name, auth, [_png(0)]),
+                    prediction_request(ours.url, name, auth, [_png(0)]),
                     lambda: client.set_registered_model_alias(name, "champion", second),
                     lambda answers: any(version == second for *_, version in answers))
                 third = register_box_detector(name, class_id=3)

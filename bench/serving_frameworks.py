@@ -32,11 +32,11 @@ import numpy as np
 from mlflow import MlflowClient
 
 from bench.report import median, parse_args, print_table, save
-from bench.serving import CLIENTS, measure, ours_request, switch_under_load
+from bench.serving import CLIENTS, measure, switch_under_load
 from bench.stack import Stack
 from tests.frameworks import detectron2_training, environments
 from tests.frameworks.support import EXAMPLES, register_again, run_logged, small_pipeline, tail
-from tests.harness.serving import ServingServer, register_box_detector
+from tests.harness.serving import ServingServer, prediction_request, register_box_detector
 
 FRAMEWORKS = ("keras", "detectron2", "tfod")
 BATCHES = (1, 8)
@@ -124,9 +124,9 @@ def bench_framework(framework: str, python: Path, endpoint, data: Path, images: 
     try:
         server.start()
         server.wait_ready(600)
-        cells = {batch: measure(ours_request(server, name, endpoint.auth, images[:batch]), seconds) for batch in BATCHES}
+        cells = {batch: measure(prediction_request(server.url, name, endpoint.auth, images[:batch]), seconds) for batch in BATCHES}
         new = register_again(client, name, champion)
-        switched = switch_under_load(ours_request(server, name, endpoint.auth, images[:1]),
+        switched = switch_under_load(prediction_request(server.url, name, endpoint.auth, images[:1]),
                                      lambda: client.set_registered_model_alias(name, "champion", new),
                                      lambda answers: any(version == new for *_, version in answers))
     finally:

@@ -16,7 +16,8 @@ import requests
 from mlflow import MlflowClient
 
 from tests.harness.fixtures import free_port
-from tests.harness.serving import assert_one_switch_without_failures, move_alias_under_load, register_box_detector
+from tests.harness.serving import (assert_one_switch_without_failures, move_alias_under_load, prediction_request,
+                                   register_box_detector)
 from tests.integration.sdk_env import use_sdk_env
 from tests.integration.test_serving import png
 
@@ -68,7 +69,7 @@ def test_the_profile_serves_champion_and_follows_a_promotion(serving, compose_st
 
     use_sdk_env(monkeypatch, compose_stack, tmp_path)
     second = register_box_detector(name, class_id=2)
-    answers = move_alias_under_load(lambda session: session.post(predict, data=png(0), auth=auth, timeout=30),
+    answers = move_alias_under_load(prediction_request(url, name, auth, [png(0)], timeout=30),
                                     lambda: client.set_registered_model_alias(name, "champion", second), second,
                                     timeout_s=120)
     assert_one_switch_without_failures(answers, "1", second, compose_stack.logs("serving"))

@@ -11,7 +11,8 @@ from pathlib import Path
 import requests
 
 from tests.frameworks import environments
-from tests.harness.serving import ServingServer, assert_one_switch_without_failures, move_alias_under_load
+from tests.harness.serving import (ServingServer, assert_one_switch_without_failures, move_alias_under_load,
+                                   prediction_request)
 
 EXAMPLES = environments.REPO_ROOT / "trainer" / "examples"
 
@@ -103,11 +104,8 @@ def assert_follows_champion_without_failed_requests(server: ServingServer, clien
     old = client.get_model_version_by_alias(name, "champion").version
     _, before = predict_files(server, name, [image_file], auth)
     new = register_again(client, name, old)
-    body = image_file.read_bytes()
-    url = f"{server.url}/v1/models/{name}/predict"
-    answers = move_alias_under_load(
-        lambda session: session.post(url, data=body, headers={"Content-Type": "image/png"}, auth=auth, timeout=600),
-        lambda: client.set_registered_model_alias(name, "champion", new), new)
+    answers = move_alias_under_load(prediction_request(server.url, name, auth, [image_file.read_bytes()], timeout=600),
+                                    lambda: client.set_registered_model_alias(name, "champion", new), new)
     assert_one_switch_without_failures(answers, str(old), new, server.log())
     answered, after = predict_files(server, name, [image_file], auth)
     assert answered == new and after == before

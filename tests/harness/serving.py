@@ -82,6 +82,17 @@ class ServingServer:
             self._proc = None
 
 
+def prediction_request(url: str, name: str, auth, images: list[bytes], *, timeout: float = 60):
+    """What a client of ours sends to the server at ``url`` for these PNG images: one as the raw
+    body, a batch as multipart files; a function of a session, as PredictionLoad sends it."""
+    predict = f"{url}/v1/models/{name}/predict"
+    if len(images) == 1:
+        return lambda session: session.post(predict, data=images[0], headers={"Content-Type": "image/png"},
+                                            auth=auth, timeout=timeout)
+    files = [("image", (f"{i}.png", image, "image/png")) for i, image in enumerate(images)]
+    return lambda session: session.post(predict, files=files, auth=auth, timeout=timeout)
+
+
 def answered_version(response: requests.Response) -> str | None:
     return response.headers.get("X-Model-Version")
 

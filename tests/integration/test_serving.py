@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from cvops import registry
 from tests.harness.serving import (
     DETECTIONS_PER_IMAGE, IMAGE_SIZE, SERVING_DIR, ServingServer, assert_one_switch_without_failures,
-    move_alias_under_load, register_box_detector,
+    move_alias_under_load, prediction_request, register_box_detector,
 )
 from tests.integration.sdk_env import use_sdk_env
 
@@ -140,7 +140,7 @@ def test_follows_champion_to_a_promoted_version_without_failed_requests(served, 
     def promote() -> None:
         assert registry.promote(moving, challenger, GATE, client=MlflowClient(tracking_server.url)).promoted
 
-    answers = move_alias_under_load(lambda session: session.post(url, data=png(0), auth=auth, timeout=30), promote,
+    answers = move_alias_under_load(prediction_request(server.url, moving, auth, [png(0)], timeout=30), promote,
                                     challenger, timeout_s=120)
     assert_one_switch_without_failures(answers, "1", challenger, server.log())
     answer = requests.post(url, data=png(0), auth=auth, timeout=30).json()
