@@ -2,20 +2,20 @@
 `docker compose --profile serve up`, reading the registry with the secrets volume's admin login,
 healthy once its model is loaded, and following @champion under load.
 
-The image is built on the stand-in base with tensorflow-cpu (what the Keras detector of
-tests/harness/serving.py records as its requirement), from PyPI; the test skips when that fails.
+The image is built on the stand-in base with the requirements the Keras detector of
+tests/harness/serving.py recorded (tensorflow-cpu, keras, numpy, ...), from PyPI; the test skips
+when that fails.
 """
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import pytest
 import requests
 from mlflow import MlflowClient
 
-from tests.harness.fixtures import free_port
+from tests.compose.serving import recorded_requirements, served_by_the_profile
 from tests.harness.serving import (assert_one_switch_without_failures, move_alias_under_load, prediction_request,
                                    register_box_detector)
 from tests.integration.sdk_env import use_sdk_env
@@ -24,7 +24,6 @@ from tests.integration.test_serving import png
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
 
 SERVING_IMAGE = "cvops-compose-test/serving:local"
-HEALTHY_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -36,26 +35,10 @@ def serving(compose_stack, tmp_path_factory):
         first = register_box_detector(name, class_id=1)
         client = MlflowClient(compose_stack.url)
         client.set_registered_model_alias(name, "champion", first)
-    settings = {
-        "SERVING_IMAGE": os.environ.get("SERVING_IMAGE", SERVING_IMAGE),
-        "SERVING_BASE_IMAGE": compose_stack.settings["BASE_IMAGE"],
-        "SERVING_MODEL_REQUIREMENTS": "tensorflow-cpu==2.21.0",
-        "SERVING_MODELS": name,
-        "SERVING_HOST_PORT": str(free_port()),
-        "SERVING_POLL_INTERVAL_S": "1",
-    }
-    built = compose_stack.compose("--profile", "serve", "build", "serving", check=False, timeout=1500, **settings)
-    if built.returncode != 0:
-        pytest.skip(f"could not build the serving image (PyPI reachable?):\n{built.stderr[-1500:]}")
-    compose_stack.compose("--profile", "serve", "up", "-d", "--no-build", "serving", **settings)
-    try:
-        deadline = time.monotonic() + HEALTHY_TIMEOUT_S
-        while (compose_stack.container_state("serving") or {}).get("Health", {}).get("Status") != "healthy":
-            assert time.monotonic() < deadline, compose_stack.logs("serving")
-            time.sleep(1)
-        yield f"http://127.0.0.1:{settings['SERVING_HOST_PORT']}", name, client
-    finally:
-        compose_stack.compose("--profile", "serve", "rm", "-s", "-f", "serving", check=False, **settings)
+        requirements = recorded_requirements(f"models:/{name}@champion")
+    image = os.environ.get("SERVING_IMAGE", SERVING_IMAGE)
+    with served_by_the_profile(compose_stack, name, requirements, image) as url:
+        yield url, name, client
 
 
 def test_the_profile_serves_champion_and_follows_a_promotion(serving, compose_stack, tmp_path, monkeypatch):

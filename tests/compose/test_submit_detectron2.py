@@ -13,13 +13,16 @@ import uuid
 
 import pytest
 
+from tests.compose.serving import assert_the_trained_model_is_served_and_follows_champion
 from tests.compose.trainer_jobs import (build_trainer_image, job_file, require_heavy_images, shapes_dataset,
                                         submit_example_and_check_run)
+from tests.frameworks.environments import wheelhouse
 
 # The cold image build is part of the first test (pytest.ini's 900 s is per test).
 pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 MAX_ITER = 40
+SERVING_IMAGE = "cvops-compose-test/serving-detectron2:local"
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,14 @@ def shapes():
         yield data
 
 
-def test_submit_detectron2_example_tracks_a_finished_run(detectron2_image, shapes, submitter, mlflow_client,
-                                                         tmp_path):
+@pytest.fixture(scope="module")
+def registered():
+    """The model the submit test registered, for the serving test that follows it."""
+    return {}
+
+
+def test_submit_detectron2_example_tracks_a_finished_run(detectron2_image, shapes, registered, submitter,
+                                                         mlflow_client, tmp_path):
     suffix = uuid.uuid4().hex[:6]
     model_name = f"shapes-detectron2-{suffix}"
     path = job_file(
@@ -47,8 +56,17 @@ def test_submit_detectron2_example_tracks_a_finished_run(detectron2_image, shape
     )
     run, _ = submit_example_and_check_run(submitter, mlflow_client, path, image=detectron2_image,
                                           framework="detectron2", model_name=model_name, timeout_s=1800)
+    registered["name"] = model_name
 
     steps = [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "total_loss")]
     assert steps and max(steps) == MAX_ITER - 1, steps
     assert any(name.startswith("bbox/") or name.startswith("eval/") for name in run.data.metrics), \
         sorted(run.data.metrics)
+
+
+def test_the_trained_model_is_served_through_the_serve_profile(registered, shapes, compose_stack, mlflow_client,
+                                                               monkeypatch, tmp_path):
+    require_heavy_images("serving (detectron2)", "torch with its CUDA libraries is several GB from PyPI")
+    # The model recorded detectron2==0.6, which no index has: the build takes it from the wheelhouse.
+    assert_the_trained_model_is_served_and_follows_champion(compose_stack, mlflow_client, registered, shapes,
+                                                            SERVING_IMAGE, monkeypatch, tmp_path, wheels=wheelhouse())

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.compose.trainer_jobs import (EXAMPLES, build_trainer_image, job_file, shapes_dataset,
+from tests.compose.serving import assert_the_trained_model_is_served_and_follows_champion
+from tests.compose.trainer_jobs import (EXAMPLES, build_trainer_image, job_file, require_heavy_images, shapes_dataset,
                                         submit_example_and_check_run)
 
 # The cold image build is part of the first test (pytest.ini's 900 s is per test).
 pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(2400)]
 
+SERVING_IMAGE = "cvops-compose-test/serving-tfod:local"
 # Enough for the OD API to checkpoint, evaluate and export on 2 CPU cores in a few minutes.
 NUM_STEPS = 100
 
@@ -52,8 +54,14 @@ def short_pipeline():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_submit_tfod_example_tracks_a_finished_run(tfod_image, shapes, short_pipeline, submitter, mlflow_client,
-                                                   tmp_path):
+@pytest.fixture(scope="module")
+def registered():
+    """The model the submit test registered, for the serving test that follows it."""
+    return {}
+
+
+def test_submit_tfod_example_tracks_a_finished_run(tfod_image, shapes, registered, short_pipeline, submitter,
+                                                   mlflow_client, tmp_path):
     suffix = uuid.uuid4().hex[:6]
     model_name = f"shapes-tfod-{suffix}"
     path = job_file(
@@ -66,9 +74,17 @@ def test_submit_tfod_example_tracks_a_finished_run(tfod_image, shapes, short_pip
     )
     run, _ = submit_example_and_check_run(submitter, mlflow_client, path, image=tfod_image, framework="tfod",
                                           model_name=model_name, timeout_s=1800)
+    registered["name"] = model_name
 
     steps = [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "Loss/total_loss")]
     assert steps and max(steps) == NUM_STEPS, steps
     assert any(name.startswith("eval/") for name in run.data.metrics), sorted(run.data.metrics)
     registered = mlflow_client.get_model_version_by_alias(model_name, "candidate")
     assert registered.tags["cvops.export.onnx"] == "passed", registered.tags
+
+
+def test_the_trained_model_is_served_through_the_serve_profile(registered, shapes, compose_stack, mlflow_client,
+                                                               monkeypatch, tmp_path):
+    require_heavy_images("serving (tfod)", "a second image with TensorFlow 2.15, about 3 minutes more")
+    assert_the_trained_model_is_served_and_follows_champion(compose_stack, mlflow_client, registered, shapes,
+                                                            SERVING_IMAGE, monkeypatch, tmp_path)
