@@ -76,16 +76,18 @@ def assert_the_trained_model_is_served_and_follows_champion(compose_stack, clien
     a validation PNG of ``shapes`` answered in the one schema by that version; then @champion moved
     to a new version while a client keeps predicting: no failed request, one switch, the same
     detections."""
+    from PIL import Image
+
+    from cvops.detection_schema import CLASS_NAMES_TAG
+
     if "name" not in registered:
         pytest.skip("the submit test before this one registers the model this serves, and did not")
     use_sdk_env(monkeypatch, compose_stack, tmp_path)  # register_again registers through the SDK
     name = registered["name"]
     image_file = sorted((shapes / "images" / "val").glob("*.png"))[0]
-    from PIL import Image
-
     version = client.get_model_version_by_alias(name, "candidate").version
     client.set_registered_model_alias(name, "champion", version)
-    class_names = json.loads(client.get_model_version(name, version).tags["cvops.class_names"])
+    class_names = json.loads(client.get_model_version(name, version).tags[CLASS_NAMES_TAG])
     class_names = set(class_names.values() if isinstance(class_names, dict) else class_names)
     auth = (compose_stack.admin_username, compose_stack.admin_password)
     sample = image_file.read_bytes()
