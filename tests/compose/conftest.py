@@ -274,6 +274,12 @@ def submitter(compose_stack, stack_network, tmp_path):
         subprocess.run(["docker", "rm", "-f", *jobs], capture_output=True)
 
 
+@pytest.fixture(scope="module")
+def registered():
+    """{"name": the model a module's submit test registered}, for the serving test after it."""
+    return {}
+
+
 @pytest.fixture
 def mlflow_client(compose_stack, monkeypatch):
     from mlflow import MlflowClient

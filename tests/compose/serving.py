@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 
 from tests.compose.trainer_jobs import wheels_in_build_context
-from tests.frameworks.support import register_again
+from tests.frameworks.support import assert_detections_inside, register_again
 from tests.harness.fixtures import free_port
 from tests.harness.serving import (answered_version, assert_one_switch_without_failures, move_alias_under_load,
                                    prediction_request)
@@ -50,9 +49,7 @@ def served_by_the_profile(compose_stack, models: str, requirements: str, image: 
         "SERVING_HOST_PORT": str(free_port()),
         "SERVING_POLL_INTERVAL_S": "1",
     }
-    with ExitStack() as build_context:
-        if wheels is not None:
-            build_context.enter_context(wheels_in_build_context(wheels))
+    with wheels_in_build_context(wheels) if wheels is not None else nullcontext():
         built = compose_stack.compose("--profile", "serve", "build", "serving", check=False,
                                       timeout=build_timeout_s, **settings)
     if built.returncode != 0:
@@ -76,8 +73,6 @@ def assert_the_trained_model_is_served_and_follows_champion(compose_stack, clien
     a validation PNG of ``shapes`` answered in the one schema by that version; then @champion moved
     to a new version while a client keeps predicting: no failed request, one switch, the same
     detections."""
-    from PIL import Image
-
     from cvops.detection_schema import CLASS_NAMES_TAG
 
     if "name" not in registered:
@@ -98,11 +93,7 @@ def assert_the_trained_model_is_served_and_follows_champion(compose_stack, clien
         first = predict(requests)
         assert first.status_code == 200 and answered_version(first) == version, first.text
         [found] = first.json()["predictions"]
-        width, height = Image.open(image_file).size
-        boxes = np.asarray(found["boxes"]).reshape(-1, 4)
-        assert len(boxes) == len(found["scores"]) == len(found["class_ids"]) == len(found["class_names"]) > 0
-        assert (boxes >= -1).all() and (boxes[:, [0, 2]] <= width + 1).all() and (boxes[:, [1, 3]] <= height + 1).all()
-        assert set(found["class_names"]) <= class_names
+        assert_detections_inside(found, image_file, class_names)
 
         new = register_again(client, name, version)
         answers = move_alias_under_load(predict, lambda: client.set_registered_model_alias(name, "champion", new),

@@ -38,12 +38,6 @@ def shapes():
         yield data
 
 
-@pytest.fixture(scope="module")
-def registered():
-    """The model the submit test registered, for the serving test that follows it."""
-    return {}
-
-
 def test_submit_detectron2_example_tracks_a_finished_run(detectron2_image, shapes, registered, submitter,
                                                          mlflow_client, tmp_path):
     suffix = uuid.uuid4().hex[:6]

@@ -54,12 +54,6 @@ def short_pipeline():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def registered():
-    """The model the submit test registered, for the serving test that follows it."""
-    return {}
-
-
 def test_submit_tfod_example_tracks_a_finished_run(tfod_image, shapes, registered, short_pipeline, submitter,
                                                    mlflow_client, tmp_path):
     suffix = uuid.uuid4().hex[:6]
@@ -79,8 +73,8 @@ def test_submit_tfod_example_tracks_a_finished_run(tfod_image, shapes, registere
     steps = [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "Loss/total_loss")]
     assert steps and max(steps) == NUM_STEPS, steps
     assert any(name.startswith("eval/") for name in run.data.metrics), sorted(run.data.metrics)
-    registered = mlflow_client.get_model_version_by_alias(model_name, "candidate")
-    assert registered.tags["cvops.export.onnx"] == "passed", registered.tags
+    version = mlflow_client.get_model_version_by_alias(model_name, "candidate")
+    assert version.tags["cvops.export.onnx"] == "passed", version.tags
 
 
 def test_the_trained_model_is_served_through_the_serve_profile(registered, shapes, compose_stack, mlflow_client,

@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import requests
 
 from tests.frameworks import environments
@@ -83,6 +84,18 @@ def predict_files(server: ServingServer, name: str, image_files: list[Path], aut
     response = requests.post(f"{server.url}/v1/models/{name}/predict", files=files, auth=auth, timeout=600)
     assert response.status_code == 200, f"{response.status_code} {response.text}\n{server.log()}"
     return response.headers["X-Model-Version"], response.json()["predictions"]
+
+
+def assert_detections_inside(found: dict, image_file: Path, class_names: set[str]) -> None:
+    """One image's answer in the one schema: at least one detection, every list as long as the
+    boxes, each box inside the image (1 px of rounding either side), every class among ``class_names``."""
+    from PIL import Image
+
+    width, height = Image.open(image_file).size
+    boxes = np.asarray(found["boxes"]).reshape(-1, 4)
+    assert len(boxes) == len(found["scores"]) == len(found["class_ids"]) == len(found["class_names"]) > 0
+    assert (boxes >= -1).all() and (boxes[:, [0, 2]] <= width + 1).all() and (boxes[:, [1, 3]] <= height + 1).all()
+    assert set(found["class_names"]) <= class_names
 
 
 def register_again(client, name: str, version: str) -> str:

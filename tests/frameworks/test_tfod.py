@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from tests.frameworks.support import (
-    EXAMPLES, assert_follows_champion_without_failed_requests, model_environment_predicts, predict_files, register_again,
-    run_logged, small_pipeline, tail,
+    EXAMPLES, assert_detections_inside, assert_follows_champion_without_failed_requests, model_environment_predicts,
+    predict_files, register_again, run_logged, small_pipeline, tail,
 )
 
 pytestmark = [pytest.mark.frameworks, pytest.mark.integration]
@@ -174,8 +174,6 @@ def served(cli_run, tfod_python, serve_champion):
 
 
 def test_the_inference_server_answers_the_registered_model_in_its_schema(cli_run, served, shapes, framework_env):
-    from PIL import Image
-
     client, name, version = cli_run["client"], cli_run["name"], cli_run["version"].version
     # The bridge names the classes from the pipeline's label map, whose ids start at 1.
     assert json.loads(client.get_model_version(name, version).tags["cvops.class_names"]) == {
@@ -184,11 +182,7 @@ def test_the_inference_server_answers_the_registered_model_in_its_schema(cli_run
     answered, predictions = predict_files(served, name, files, framework_env.admin_auth)
     assert answered == version and len(predictions) == len(files)
     for path, found in zip(files, predictions):
-        width, height = Image.open(path).size
-        boxes = np.asarray(found["boxes"]).reshape(-1, 4)
-        assert len(boxes) == len(found["scores"]) == len(found["class_ids"]) > 0
-        assert (boxes >= -1).all() and (boxes[:, [0, 2]] <= width + 1).all() and (boxes[:, [1, 3]] <= height + 1).all()
-        assert set(found["class_names"]) <= {"circle", "square", "triangle"}
+        assert_detections_inside(found, path, {"circle", "square", "triangle"})
 
 
 def test_the_inference_server_follows_champion_to_a_new_version_without_failed_requests(cli_run, served, shapes,
